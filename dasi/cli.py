@@ -1,0 +1,120 @@
+"""The ``dasi`` command: one sub-command per pipeline stage (what dvc.yaml runs) plus tools."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dasi.config import ConfigError
+
+app = typer.Typer(help="dasi (다시): reproducible synthetic-data Korean-English LMs.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+logs_app = typer.Typer(help="Read published run logs.", no_args_is_help=True)
+app.add_typer(logs_app, name="logs")
+
+ParamsOpt = Annotated[Path, typer.Option(help="params file (selects the profile, overrides it)")]
+ProfilesOpt = Annotated[Path, typer.Option(help="folder of profiles")]
+
+
+@app.command()
+def seeds(out: Path = Path("data/seeds"), params: ParamsOpt = Path("params.yaml"),
+          profiles: ProfilesOpt = Path("configs")) -> None:
+    """Collect seed documents and build generation requests (Parquet)."""
+    from dasi.stage import run_stage
+    from data_gen import seeds as stage
+
+    run_stage("seeds", stage.SeedsConfig, [Path(stage.TEMPLATES_DIR)],
+              [out], lambda cfg, log: stage.run(cfg, out, log), params, profiles)
+
+
+@app.command()
+def generate(requests: Path = Path("data/seeds/requests.parquet"), out: Path = Path("data/generated"),
+             params: ParamsOpt = Path("params.yaml"), profiles: ProfilesOpt = Path("configs")) -> None:
+    """Generate synthetic documents with the teacher (transformers on CPU, vLLM on GPU)."""
+    from dasi.stage import run_stage
+    from data_gen import generate as stage
+
+    run_stage("generate", stage.GenerateConfig, [requests], [out],
+              lambda cfg, log: stage.run(cfg, requests, out, log), params, profiles)
+
+
+@app.command()
+def curate(seeds_file: Path = Path("data/seeds/documents.parquet"),
+           generated: Path = Path("data/generated"), out: Path = Path("data/curated/documents.parquet"),
+           stats: Path = Path("metrics/curate.json"), params: ParamsOpt = Path("params.yaml"),
+           profiles: ProfilesOpt = Path("configs")) -> None:
+    """Filter, deduplicate and split natural + synthetic documents; write curation stats."""
+    from dasi.stage import run_stage
+    from data_gen import curate as stage
+
+    run_stage("curate", stage.CurateConfig, [seeds_file, generated], [out, stats],
+              lambda cfg, log: stage.run(cfg, seeds_file, generated, out, stats, log), params, profiles)
+
+
+@app.command()
+def tokenizer(curated: Path = Path("data/curated/documents.parquet"),
+              out: Path = Path("data/tokenizer"), metrics: Path = Path("metrics/tokenizer.json"),
+              params: ParamsOpt = Path("params.yaml"), profiles: ProfilesOpt = Path("configs")) -> None:
+    """Train the byte-level BPE tokenizer and report its efficiency beside reference tokenizers."""
+    from dasi.stage import run_stage
+    from pretrain import tokenizer as stage
+
+    run_stage("tokenizer", stage.TokenizerConfig, [curated], [out, metrics],
+              lambda cfg, log: stage.run(cfg, curated, out, metrics, log), params, profiles)
+
+
+@app.command()
+def pack(curated: Path = Path("data/curated/documents.parquet"),
+         tokenizer_dir: Path = Path("data/tokenizer"), out: Path = Path("data/packed"),
+         params: ParamsOpt = Path("params.yaml"), profiles: ProfilesOpt = Path("configs")) -> None:
+    """Tokenize curated text into megatron-core .bin/.idx files plus a blend manifest."""
+    from dasi.stage import run_stage
+    from pretrain import pack as stage
+
+    run_stage("pack", stage.PackConfig, [curated, tokenizer_dir], [out],
+              lambda cfg, log: stage.run(cfg, curated, tokenizer_dir, out, log), params, profiles)
+
+
+@app.command("params")
+def show_params(section: Annotated[str | None, typer.Argument(help="one section")] = None,
+                params: ParamsOpt = Path("params.yaml"), profiles: ProfilesOpt = Path("configs")) -> None:
+    """Print the resolved parameters (profile + params.yaml overrides)."""
+    from dasi.config import resolve_params
+
+    tree = resolve_params(params, profiles)
+    typer.echo(json.dumps(tree if section is None else tree[section], indent=2, ensure_ascii=False))
+
+
+@app.command("count-params")
+def count_params(params: ParamsOpt = Path("params.yaml"), profiles: ProfilesOpt = Path("configs")) -> None:
+    """Print the parameter count of the selected profile's model."""
+    from dasi.config import resolve_params, validate_section
+    from dasi.model_config import ModelConfig, parameter_count
+
+    tree = resolve_params(params, profiles)
+    n = parameter_count(validate_section("model", tree["model"], ModelConfig))
+    typer.echo(f"{tree['profile']}: {n:,} parameters ({n / 1e9:.3f} B)")
+
+
+@logs_app.command("show")
+def logs_show(run_dir: Path) -> None:
+    """Summarise one run folder: status, config digest, final metrics."""
+    from dasi.logview import show
+
+    typer.echo(show(run_dir))
+
+
+def main() -> None:
+    try:
+        app()
+    except ConfigError as e:
+        print(f"dasi: config error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""The run-log format every stage writes: ``logs/<stage>/<run-id>/`` (documented in logs/README.md).
+
+Files in a run folder:
+  run.json       format version, stage, run id, profile, command line, start/end, status
+  config.json    the stage's resolved, validated config
+  env.json       Python, packages, git commit + dirty flag, host, CPU/GPU
+  inputs.json    sha256 of every input file/folder at start
+  outputs.json   sha256 of every output at the end
+  metrics.jsonl  one JSON object per line: {"step", "time", <metric>: <value>, ...}
+  events.jsonl   one JSON object per line: {"time", "event", ...} (resume, skip, warning)
+  summary.json   final metrics of the run
+  wandb/, tb/    optional offline W&B run and TensorBoard events mirroring metrics.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from dasi.atomic import write_json
+from dasi.provenance import environment, hash_paths, sha256_text
+from dasi.strict import StrictModel
+
+FORMAT = "dasi.runlog/1"
+
+
+class LoggingConfig(StrictModel):
+    logs_dir: str = "logs"
+    wandb: bool = True
+    wandb_project: str = "dasi"
+    tensorboard: bool = True
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return _jsonable(value.item())
+    return value
+
+
+def new_run_id(config_json: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{sha256_text(config_json)[:8]}"
+
+
+class RunLog:
+    """A context manager around one stage run; see the module docstring for the files it writes."""
+
+    def __init__(
+        self,
+        stage: str,
+        config: BaseModel | dict[str, Any],
+        inputs: list[Path] | None = None,
+        outputs: list[Path] | None = None,
+        logging: LoggingConfig | None = None,
+        profile: str | None = None,
+        run_id: str | None = None,
+        rank: int = 0,
+    ) -> None:
+        self.stage = stage
+        self.config = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
+        self.inputs = [Path(p) for p in inputs or []]
+        self.outputs = [Path(p) for p in outputs or []]
+        self.logging = logging or LoggingConfig()
+        self.profile = profile
+        cfg_json = json.dumps(self.config, sort_keys=True)
+        self.run_id = run_id or new_run_id(cfg_json)
+        self.dir = Path(self.logging.logs_dir) / stage / self.run_id
+        self.rank = rank  # only rank 0 writes
+        self._wandb = None
+        self._tb = None
+        self._t0 = time.time()
+        self._run: dict[str, Any] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def __enter__(self) -> RunLog:
+        if self.rank != 0:
+            return self
+        n = 1
+        while self.dir.exists():  # two runs of one config in the same second
+            n += 1
+            self.dir = self.dir.with_name(f"{self.run_id}.{n}")
+        self.run_id = self.dir.name
+        self.dir.mkdir(parents=True)
+        self._run = {
+            "format": FORMAT,
+            "stage": self.stage,
+            "run_id": self.run_id,
+            "profile": self.profile,
+            "argv": sys.argv,
+            "cwd": os.getcwd(),
+            "started": datetime.now(timezone.utc).isoformat(),
+            "status": "running",
+        }
+        write_json(self.dir / "run.json", self._run)
+        write_json(self.dir / "config.json", self.config)
+        write_json(self.dir / "env.json", environment())
+        write_json(self.dir / "inputs.json", hash_paths(self.inputs))
+        self._start_mirrors()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.rank != 0:
+            return
+        ok = exc_type is None
+        if ok:
+            write_json(self.dir / "outputs.json", hash_paths(self.outputs))
+        self._run.update(
+            status="ok" if ok else ("interrupted" if exc_type is KeyboardInterrupt else "failed"),
+            ended=datetime.now(timezone.utc).isoformat(),
+            elapsed_s=round(time.time() - self._t0, 3),
+        )
+        if not ok:
+            self._run["error"] = f"{exc_type.__name__}: {exc}"
+        write_json(self.dir / "run.json", self._run)
+        self._stop_mirrors(ok)
+
+    # -- writing ---------------------------------------------------------------------------
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """Append one metrics record and mirror it to W&B / TensorBoard."""
+        if self.rank != 0:
+            return
+        record = {"step": step, "time": round(time.time() - self._t0, 4)}
+        record.update({k: _jsonable(v) for k, v in metrics.items()})
+        with open(self.dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        numeric = {k: v for k, v in metrics.items() if isinstance(_jsonable(v), (int, float))}
+        if self._wandb is not None:
+            self._wandb.log(numeric, step=step)
+        if self._tb is not None:
+            for k, v in numeric.items():
+                self._tb.add_scalar(k, _jsonable(v), global_step=step or 0)
+
+    def event(self, name: str, **data: Any) -> None:
+        if self.rank != 0:
+            return
+        record = {"time": datetime.now(timezone.utc).isoformat(), "event": name}
+        record.update({k: _jsonable(v) for k, v in data.items()})
+        with open(self.dir / "events.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def summary(self, metrics: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        write_json(self.dir / "summary.json", {k: _jsonable(v) for k, v in metrics.items()})
+        if self._wandb is not None:
+            self._wandb.summary.update({k: _jsonable(v) for k, v in metrics.items()})
+
+    # -- mirrors ---------------------------------------------------------------------------
+    def _start_mirrors(self) -> None:
+        if self.logging.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.dir / "tb"))
+        if self.logging.wandb:
+            import wandb
+
+            wdir = self.dir / "wandb"
+            wdir.mkdir()
+            # Keep every W&B file inside the run folder, never under ~.
+            for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+                os.environ[var] = str(wdir.resolve())
+            os.environ.setdefault("WANDB_MODE", "offline")
+            os.environ.setdefault("WANDB_SILENT", "true")
+            self._wandb = wandb.init(
+                project=self.logging.wandb_project,
+                name=self.run_id,
+                id=self.run_id.replace(".", "-"),
+                group=self.stage,
+                job_type=self.stage,
+                dir=str(wdir),
+                config=self.config,
+                settings=wandb.Settings(console="off", x_disable_stats=True),
+            )
+
+    def _stop_mirrors(self, ok: bool) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish(exit_code=0 if ok else 1)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not Path(path).exists():
+        return []
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
