@@ -19,7 +19,7 @@ import math
 import os
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def new_run_id(config_json: str) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"{stamp}-{sha256_text(config_json)[:8]}"
 
 
@@ -98,7 +98,7 @@ class RunLog:
             "profile": self.profile,
             "argv": sys.argv,
             "cwd": os.getcwd(),
-            "started": datetime.now(timezone.utc).isoformat(),
+            "started": datetime.now(UTC).isoformat(),
             "status": "running",
         }
         write_json(self.dir / "run.json", self._run)
@@ -116,7 +116,7 @@ class RunLog:
             write_json(self.dir / "outputs.json", hash_paths(self.outputs))
         self._run.update(
             status="ok" if ok else ("interrupted" if exc_type is KeyboardInterrupt else "failed"),
-            ended=datetime.now(timezone.utc).isoformat(),
+            ended=datetime.now(UTC).isoformat(),
             elapsed_s=round(time.time() - self._t0, 3),
         )
         if not ok:
@@ -143,7 +143,7 @@ class RunLog:
     def event(self, name: str, **data: Any) -> None:
         if self.rank != 0:
             return
-        record = {"time": datetime.now(timezone.utc).isoformat(), "event": name}
+        record = {"time": datetime.now(UTC).isoformat(), "event": name}
         record.update({k: _jsonable(v) for k, v in data.items()})
         with open(self.dir / "events.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")

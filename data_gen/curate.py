@@ -116,7 +116,8 @@ def run(cfg: CurateConfig, seeds_file: Path, generated_dir: Path, out_file: Path
     write_parquet(out_file, kept, "curated")
 
     syn_ko = [d for d in docs if d["kind"] == "synthetic" and d["lang"] == "ko"]
-    ko_failed = removed["low_hangul"].get("synthetic_ko", {"documents": 0})["documents"]
+    # A Korean request whose answer any filter dropped is a teacher failure: count it.
+    ko_failed = sum(removed[f].get("synthetic_ko", {"documents": 0})["documents"] for f in FILTERS)
     stats = {
         "format": "curate-stats/1",
         "input_documents": len(docs),

@@ -46,7 +46,9 @@ class HubSource(_Source):
     text_field: str = "text"
 
 
-SourceConfig = Annotated[KonlpySource | StdlibSource | PydocTopicsSource | HubSource, Field(discriminator="type")]
+SourceConfig = Annotated[
+    KonlpySource | StdlibSource | PydocTopicsSource | HubSource, Field(discriminator="type")
+]
 
 
 def chunk_text(text: str, max_chars: int) -> list[str]:

@@ -1,0 +1,44 @@
+import json
+
+import pytest
+
+from dasi.runlog import LoggingConfig, RunLog, read_jsonl
+
+
+def test_run_folder_has_every_file(tmp_path):
+    (tmp_path / "in.txt").write_text("hello")
+    out = tmp_path / "out.txt"
+    cfg = LoggingConfig(logs_dir=str(tmp_path / "logs"), wandb=True, tensorboard=True)
+    with RunLog("demo", {"a": 1}, inputs=[tmp_path / "in.txt"], outputs=[out], logging=cfg,
+                profile="tiny") as log:
+        log.log({"loss": 2.5, "lr": 1e-3}, step=1)
+        log.log({"loss": 2.0, "lr": 1e-3}, step=2)
+        log.event("resume", step=1)
+        log.summary({"final_loss": 2.0})
+        out.write_text("result")
+    d = log.dir
+    assert d.parent == tmp_path / "logs" / "demo"
+    run = json.loads((d / "run.json").read_text())
+    assert run["status"] == "ok" and run["format"] == "dasi.runlog/1" and run["profile"] == "tiny"
+    assert json.loads((d / "config.json").read_text()) == {"a": 1}
+    env = json.loads((d / "env.json").read_text())
+    assert {"python", "packages", "git", "hostname", "accelerator"} <= set(env)
+    assert "torch" in env["packages"]
+    ins = json.loads((d / "inputs.json").read_text())
+    assert ins[str(tmp_path / "in.txt")] == (
+        "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824")
+    assert json.loads((d / "outputs.json").read_text())[str(out)] is not None
+    assert [m["loss"] for m in read_jsonl(d / "metrics.jsonl")] == [2.5, 2.0]
+    assert read_jsonl(d / "events.jsonl")[0]["event"] == "resume"
+    assert list((d / "tb").glob("events.out.tfevents.*"))
+    assert list((d / "wandb").rglob("*.wandb"))  # the offline W&B run stays in the folder
+
+
+def test_failed_run_is_marked(tmp_path):
+    cfg = LoggingConfig(logs_dir=str(tmp_path), wandb=False, tensorboard=False)
+    with pytest.raises(RuntimeError):
+        with RunLog("demo", {}, logging=cfg) as log:
+            raise RuntimeError("boom")
+    run = json.loads((log.dir / "run.json").read_text())
+    assert run["status"] == "failed" and "boom" in run["error"]
+    assert not (log.dir / "outputs.json").exists()
