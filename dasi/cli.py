@@ -27,7 +27,7 @@ def seeds(out: Path = Path("data/seeds"), params: ParamsOpt = Path("params.yaml"
     from dasi.stage import run_stage
     from data_gen import seeds as stage
 
-    run_stage("seeds", stage.SeedsConfig, [Path(stage.TEMPLATES_DIR)],
+    run_stage("seeds", {"seeds": stage.SeedsConfig}, [Path(stage.TEMPLATES_DIR)],
               [out], lambda cfg, log: stage.run(cfg, out, log), params, profiles)
 
 
@@ -38,7 +38,7 @@ def generate(requests: Path = Path("data/seeds/requests.parquet"), out: Path = P
     from dasi.stage import run_stage
     from data_gen import generate as stage
 
-    run_stage("generate", stage.GenerateConfig, [requests], [out],
+    run_stage("generate", {"generate": stage.GenerateConfig}, [requests], [out],
               lambda cfg, log: stage.run(cfg, requests, out, log), params, profiles)
 
 
@@ -51,7 +51,7 @@ def curate(seeds_file: Path = Path("data/seeds/documents.parquet"),
     from dasi.stage import run_stage
     from data_gen import curate as stage
 
-    run_stage("curate", stage.CurateConfig, [seeds_file, generated], [out, stats],
+    run_stage("curate", {"curate": stage.CurateConfig}, [seeds_file, generated], [out, stats],
               lambda cfg, log: stage.run(cfg, seeds_file, generated, out, stats, log), params, profiles)
 
 
@@ -63,7 +63,7 @@ def tokenizer(curated: Path = Path("data/curated/documents.parquet"),
     from dasi.stage import run_stage
     from pretrain import tokenizer as stage
 
-    run_stage("tokenizer", stage.TokenizerConfig, [curated], [out, metrics],
+    run_stage("tokenizer", {"tokenizer": stage.TokenizerConfig}, [curated], [out, metrics],
               lambda cfg, log: stage.run(cfg, curated, out, metrics, log), params, profiles)
 
 
@@ -75,8 +75,56 @@ def pack(curated: Path = Path("data/curated/documents.parquet"),
     from dasi.stage import run_stage
     from pretrain import pack as stage
 
-    run_stage("pack", stage.PackConfig, [curated, tokenizer_dir], [out],
+    run_stage("pack", {"pack": stage.PackConfig}, [curated, tokenizer_dir], [out],
               lambda cfg, log: stage.run(cfg, curated, tokenizer_dir, out, log), params, profiles)
+
+
+@app.command("sft-data")
+def sft_data(out: Path = Path("data/sft/teacher_chats.parquet"), params: ParamsOpt = Path("params.yaml"),
+             profiles: ProfilesOpt = Path("configs")) -> None:
+    """Have the teacher answer versioned instructions, making bilingual SFT chats."""
+    from dasi.stage import run_stage
+    from data_gen import generate
+    from data_gen import sft_data as stage
+
+    run_stage("sft-data", {"sft_data": stage.SftDataConfig, "generate": generate.GenerateConfig},
+              [stage.PROMPTS_FILE], [out], lambda cfg, gen, log: stage.run(cfg, gen, out, log),
+              params, profiles)
+
+
+@app.command()
+def pretrain(packed: Path = Path("data/packed/manifest.json"), out: Path = Path("data/checkpoints"),
+             launcher: Annotated[str | None, typer.Option(
+                 help="local | torchrun | slurm (default: params.yaml / profile)")] = None,
+             dry_run: Annotated[bool, typer.Option(
+                 help="print the launch command / sbatch script, train nothing")] = False,
+             params: ParamsOpt = Path("params.yaml"), profiles: ProfilesOpt = Path("configs")) -> None:
+    """Train (or resume) the megatron-core GPT on the packed data; distributed checkpoints + metrics."""
+    from dasi.config import resolve_params
+    from dasi.model_config import ModelConfig
+    from dasi.stage import run_stage
+    from pretrain import pretrain_stage as stage
+
+    chosen = launcher or resolve_params(params, profiles)["launcher"]
+    run_stage("pretrain", {"pretrain": stage.PretrainConfig, "model": ModelConfig}, [packed], [out],
+              lambda cfg, model, log: stage.run(model, cfg, packed, out, log, launcher=chosen,
+                                                dry_run=dry_run), params, profiles)
+
+
+@app.command()
+def export(checkpoints: Path = Path("data/checkpoints"), tokenizer_dir: Path = Path("data/tokenizer"),
+           packed: Path = Path("data/packed/manifest.json"), out: Path = Path("data/hf/base"),
+           metrics: Path = Path("metrics/export.json"), params: ParamsOpt = Path("params.yaml"),
+           profiles: ProfilesOpt = Path("configs")) -> None:
+    """Megatron checkpoint -> Hugging Face LlamaForCausalLM folder, with a logit-parity report."""
+    from dasi.model_config import ModelConfig
+    from dasi.stage import run_stage
+    from pretrain import export as stage
+
+    run_stage("export", {"export": stage.ExportConfig, "model": ModelConfig},
+              [checkpoints, tokenizer_dir], [out, metrics],
+              lambda cfg, model, log: stage.run(cfg, model, checkpoints, tokenizer_dir, out, metrics,
+                                                log, manifest=packed), params, profiles)
 
 
 @app.command("params")

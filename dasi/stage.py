@@ -1,38 +1,46 @@
-"""Run one pipeline stage: validate its config section, then do the work inside a RunLog."""
+"""Run one pipeline stage: validate its config sections, then do the work inside a RunLog."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from pydantic import BaseModel
 
-from dasi.config import PARAMS_FILE, PROFILES_DIR, resolve_params, validate_section
+from dasi.config import PARAMS_FILE, PROFILES_DIR, ConfigError, resolve_params, validate_section
 from dasi.runlog import LoggingConfig, RunLog
 
-T = TypeVar("T", bound=BaseModel)
 
-
-def load_stage(section: str, model: type[T], params: Path = PARAMS_FILE,
-               profiles: Path = PROFILES_DIR) -> tuple[T, LoggingConfig, str]:
-    """The stage's validated config, the logging config and the profile name (raises ConfigError)."""
+def load_sections(sections: dict[str, type[BaseModel]], params: Path = PARAMS_FILE,
+                  profiles: Path = PROFILES_DIR) -> tuple[dict[str, BaseModel], LoggingConfig, str]:
+    """Validated configs for ``sections``, the logging config and the profile name."""
     tree = resolve_params(params, profiles)
-    if section not in tree:
-        from dasi.config import ConfigError
-
-        raise ConfigError(f"profile {tree['profile']!r} has no section {section!r}")
-    cfg = validate_section(section, tree[section], model)
+    cfgs = {}
+    for name, model in sections.items():
+        if name not in tree:
+            raise ConfigError(f"profile {tree['profile']!r} has no section {name!r}")
+        cfgs[name] = validate_section(name, tree[name], model)
     logging = validate_section("logging", tree.get("logging") or {}, LoggingConfig)
-    return cfg, logging, tree["profile"]
+    return cfgs, logging, tree["profile"]
 
 
-def run_stage(section: str, model: type[T], inputs: list[Path], outputs: list[Path],
-              work: Callable[[T, RunLog], Any], params: Path = PARAMS_FILE,
-              profiles: Path = PROFILES_DIR) -> Any:
-    cfg, logging, profile = load_stage(section, model, params, profiles)
+def load_stage(section: str, model: type[BaseModel], params: Path = PARAMS_FILE,
+               profiles: Path = PROFILES_DIR) -> tuple[BaseModel, LoggingConfig, str]:
+    cfgs, logging, profile = load_sections({section: model}, params, profiles)
+    return cfgs[section], logging, profile
+
+
+def run_stage(stage: str, sections: dict[str, type[BaseModel]], inputs: list[Path],
+              outputs: list[Path], work: Callable[..., Any], params: Path = PARAMS_FILE,
+              profiles: Path = PROFILES_DIR, rank: int = 0) -> Any:
+    """Validate every section (stopping on the first bad value), check inputs exist, then call
+    ``work(*configs, log)`` with the configs in the order of ``sections``."""
+    cfgs, logging, profile = load_sections(sections, params, profiles)
     missing = [str(p) for p in inputs if not Path(p).exists()]
     if missing:
-        raise FileNotFoundError(f"{section}: missing inputs {missing} (run the earlier stages first)")
-    with RunLog(section, cfg, inputs, outputs, logging, profile=profile) as log:
-        return work(cfg, log)
+        raise FileNotFoundError(f"{stage}: missing inputs {missing} (run the earlier stages first)")
+    logged = {k: v.model_dump(mode="json") for k, v in cfgs.items()}
+    logged = logged[stage] if list(logged) == [stage] else logged
+    with RunLog(stage, logged, inputs, outputs, logging, profile=profile, rank=rank) as log:
+        return work(*cfgs.values(), log)

