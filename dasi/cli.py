@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from dasi.atomic import write_json
 from dasi.config import ConfigError
 
 app = typer.Typer(help="dasi (다시): reproducible synthetic-data Korean-English LMs.",
@@ -94,6 +95,7 @@ def sft_data(out: Path = Path("data/sft/teacher_chats.parquet"), params: ParamsO
 
 @app.command()
 def pretrain(packed: Path = Path("data/packed/manifest.json"), out: Path = Path("data/checkpoints"),
+             metrics: Path = Path("metrics/pretrain.json"),
              launcher: Annotated[str | None, typer.Option(
                  help="local | torchrun | slurm (default: params.yaml / profile)")] = None,
              dry_run: Annotated[bool, typer.Option(
@@ -102,13 +104,21 @@ def pretrain(packed: Path = Path("data/packed/manifest.json"), out: Path = Path(
     """Train (or resume) the megatron-core GPT on the packed data; distributed checkpoints + metrics."""
     from dasi.config import resolve_params
     from dasi.model_config import ModelConfig
-    from dasi.stage import run_stage
+    from dasi.stage import load_sections, run_stage
     from pretrain import pretrain_stage as stage
 
     chosen = launcher or resolve_params(params, profiles)["launcher"]
-    run_stage("pretrain", {"pretrain": stage.PretrainConfig, "model": ModelConfig}, [packed], [out],
-              lambda cfg, model, log: stage.run(model, cfg, packed, out, log, launcher=chosen,
-                                                dry_run=dry_run), params, profiles)
+    if dry_run:  # nothing runs, so nothing is logged
+        cfgs, _, _ = load_sections({"pretrain": stage.PretrainConfig, "model": ModelConfig}, params,
+                                   profiles)
+        typer.echo(stage.run(cfgs["model"], cfgs["pretrain"], packed, out, None, launcher=chosen,
+                             dry_run=True)["dry_run"])
+        return
+    summary = run_stage("pretrain", {"pretrain": stage.PretrainConfig, "model": ModelConfig},
+                        [packed], [out],
+                        lambda cfg, model, log: stage.run(model, cfg, packed, out, log, launcher=chosen,
+                                                          ), params, profiles)
+    write_json(metrics, summary)
 
 
 @app.command()

@@ -78,7 +78,7 @@ def distributed(tensor_parallel: int = 1, seed: int = 1234) -> Iterator[None]:
             cpu_shims.uninstall()
 
 
-def transformer_config(m: ModelConfig, bf16: bool = False):
+def transformer_config(m: ModelConfig, bf16: bool = False, initialize: bool = True):
     """megatron TransformerConfig for ``m``: RMSNorm, SwiGLU, GQA, no biases, no dropout."""
     import megatron.core.parallel_state as mpu
     from megatron.core.transformer.transformer_config import TransformerConfig
@@ -104,7 +104,7 @@ def transformer_config(m: ModelConfig, bf16: bool = False):
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
         bf16=bf16,
         use_cpu_initialization=not gpu,
-        perform_initialization=True,
+        perform_initialization=initialize,
         gradient_accumulation_fusion=False,
         bias_activation_fusion=gpu,
         masked_softmax_fusion=gpu,
@@ -137,8 +137,11 @@ def tp_numel(model: torch.nn.Module) -> int:
 
 
 def build_gpt(m: ModelConfig, bf16: bool = False, use_te: bool | None = None,
-              tokenizer_vocab: int | None = None):
-    """The GPTModel for ``m`` on this rank; its size must equal ``parameter_count(m)``."""
+              tokenizer_vocab: int | None = None, meta: bool = False):
+    """The GPTModel for ``m`` on this rank; its size must equal ``parameter_count(m)``.
+
+    ``meta=True`` builds without initialising (the untouched CPU pages are never committed) and
+    moves the model to the meta device: a 10.8B shape can be checked on a laptop."""
     import megatron.core.parallel_state as mpu
     from megatron.core.models.gpt import GPTModel
 
@@ -149,7 +152,7 @@ def build_gpt(m: ModelConfig, bf16: bool = False, use_te: bool | None = None,
     if m.vocab_size % tp or m.num_query_groups % tp or m.ffn_hidden_size % tp:
         raise ValueError(f"vocab_size, num_query_groups and ffn_hidden_size must divide by TP={tp}")
     model = GPTModel(
-        config=transformer_config(m, bf16),
+        config=transformer_config(m, bf16, initialize=not meta),
         transformer_layer_spec=layer_spec(use_te),
         vocab_size=m.vocab_size,
         max_sequence_length=m.seq_length,
@@ -158,7 +161,9 @@ def build_gpt(m: ModelConfig, bf16: bool = False, use_te: bool | None = None,
         rotary_base=int(m.rotary_base),
         parallel_output=True,
     )
-    if on_gpu():
+    if meta:
+        model.to("meta")
+    elif on_gpu():
         model.cuda(torch.cuda.current_device())
     n, want = tp_numel(model), parameter_count(m)
     if n != want:

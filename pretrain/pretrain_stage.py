@@ -31,28 +31,26 @@ def checkpoint_fingerprint(model: ModelConfig, cfg: PretrainConfig, manifest: Pa
     return fingerprint(model.model_dump(mode="json"), shaping, sha256_file(Path(manifest)))
 
 
-def run(model: ModelConfig, cfg: PretrainConfig, manifest: Path, checkpoints: Path, log: Any,
+def run(model: ModelConfig, cfg: PretrainConfig, manifest: Path, checkpoints: Path, log: Any | None,
         launcher: str = "local", stop_at: int | None = None, dry_run: bool = False) -> dict[str, Any]:
     """Train (or resume) into ``checkpoints``; returns the summary. ``dry_run`` only prints the
     launch command / sbatch script."""
     from pretrain.pretrain_loop import train
 
-    if not Path(manifest).exists():
-        raise FileNotFoundError(f"{manifest}: run the pack stage first")
     checkpoints = Path(checkpoints)
     kind = launch.choose(cfg, launcher)
+    if not dry_run and not Path(manifest).exists():
+        raise FileNotFoundError(f"{manifest}: run the pack stage first")
     if not dry_run:
         # Resume only a run of this model, data and optimisation; anything else starts afresh.
         prepare_resumable_dir(checkpoints, checkpoint_fingerprint(model, cfg, manifest), log)
     if kind == "local" and not dry_run:
         return train(model, cfg, manifest, checkpoints, log, stop_at=stop_at)
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    job = write_job(checkpoints / "job.json", model, cfg, manifest, checkpoints,
-                    checkpoints / "records.jsonl", stop_at)
+    job = checkpoints / "job.json"
     if dry_run:
-        text = launch.dry_run(cfg, job, launcher)
-        print(text)
-        return {"dry_run": text}
+        return {"dry_run": launch.dry_run(cfg, job, launcher)}
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    write_job(job, model, cfg, manifest, checkpoints, checkpoints / "records.jsonl", stop_at)
     (checkpoints / "records.jsonl").unlink(missing_ok=True)
     log.event("launch", launcher=kind, world_size=cfg.parallel.world_size)
     if kind == "torchrun":

@@ -13,7 +13,7 @@ from pretrain import pretrain_launch as launch
 from pretrain.pretrain_config import PretrainConfig
 from pretrain.pretrain_stage import run
 from pretrain.pretrain_worker import RecordLog
-from tests.pretrain.conftest import runlog, small_cfg
+from tests.pretrain.conftest import ROOT, runlog, small_cfg
 
 
 def _losses(log_dir: Path) -> dict[int, float]:
@@ -125,3 +125,21 @@ def test_worker_module_is_spawn_safe() -> None:
     src = Path(sys.modules["pretrain.pretrain_worker"].__file__).read_text()
     assert 'if __name__ == "__main__":' in src
     assert torch.distributed.is_available()
+
+
+def test_kormo_profile_builds_on_meta_device_with_exact_count() -> None:
+    import resource
+
+    import yaml
+
+    from dasi.model_config import ModelConfig, parameter_count
+    from pretrain.model import build_gpt, distributed
+
+    tree = yaml.safe_load((ROOT / "configs" / "kormo-10.8b.yaml").read_text())
+    m = ModelConfig.model_validate(tree["model"])
+    with distributed(1, 0):
+        gpt = build_gpt(m, meta=True)  # raises unless its size equals parameter_count(m)
+        params = list(gpt.parameters())
+    assert {p.device.type for p in params} == {"meta"}
+    assert sum(p.numel() for p in params) == parameter_count(m) == 10_756_624_384
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 8 * 1024 * 1024  # KiB: < 8 GiB
