@@ -137,6 +137,65 @@ def export(checkpoints: Path = Path("data/checkpoints"), tokenizer_dir: Path = P
                                                 log, manifest=packed), params, profiles)
 
 
+@app.command()
+def sft(base: Path = Path("data/hf/base"), tokenizer_dir: Path | None = None,
+        extra_chats: Annotated[list[Path] | None, typer.Option(help="extra chats/1 files")] = None,
+        out: Path = Path("data/hf/sft"), metrics: Path = Path("metrics/sft.json"),
+        params: ParamsOpt = Path("params.yaml"), profiles: ProfilesOpt = Path("configs")) -> None:
+    """Instruction-tune an HF model folder on the seed (+ teacher) bilingual chats."""
+    from dasi.stage import run_stage
+    from instruct import sft as stage
+
+    extra = list(extra_chats or [])
+    inputs = [base, stage.SEED_FILE, *extra] + ([tokenizer_dir] if tokenizer_dir else [])
+    run_stage("sft", {"sft": stage.SFTConfig}, inputs, [out, metrics],
+              lambda cfg, log: stage.run(cfg, base, tokenizer_dir, extra, out, metrics, log),
+              params, profiles)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+        model: Annotated[list[str] | None, typer.Option(
+            help="NAME=FOLDER, repeatable (default: base=data/hf/base sft=data/hf/sft)")] = None,
+        curated: Path = Path("data/curated/documents.parquet"), tokenizer_dir: Path | None = None,
+        out: Path = Path("metrics/eval.json"), work_dir: Path = Path("data/eval"),
+        params: ParamsOpt = Path("params.yaml"), profiles: ProfilesOpt = Path("configs")) -> None:
+    """lm-eval tasks (KoBEST, ...) and held-out bits per byte for each model folder."""
+    from dasi.stage import run_stage
+    from evals import evaluate as stage
+
+    model = model or ["base=data/hf/base", "sft=data/hf/sft"]
+    bad = [m for m in model if "=" not in m]
+    if bad:
+        raise typer.BadParameter(f"--model expects NAME=FOLDER, got {bad}")
+    models = {name: Path(path) for name, path in (m.split("=", 1) for m in model)}
+    inputs = [*models.values(), curated] + ([tokenizer_dir] if tokenizer_dir else [])
+    run_stage("evaluate", {"evaluate": stage.EvaluateConfig}, inputs, [out],
+              lambda cfg, log: stage.run(cfg, models, curated, tokenizer_dir, out, work_dir, log),
+              params, profiles)
+
+
+@app.command()
+def release(base: Path = Path("data/hf/base"), sft_model: Path = Path("data/hf/sft"),
+            metrics_dir: Path = Path("metrics"), lock: Path = Path("dvc.lock"),
+            out: Path | None = None, params: ParamsOpt = Path("params.yaml"),
+            profiles: ProfilesOpt = Path("configs")) -> None:
+    """Write releases/<profile>/: model card, results, dvc.lock, checksums, model folders."""
+    from dasi import release as stage
+    from dasi.config import resolve_params
+    from dasi.model_config import ModelConfig
+    from dasi.stage import run_stage
+
+    profile = resolve_params(params, profiles)["profile"]
+    out = out or Path("releases") / profile
+    names = ("curate", "tokenizer", "pretrain", "export", "sft", "eval")
+    metric_files = [metrics_dir / f"{n}.json" for n in names]
+    run_stage("release", {"release": stage.ReleaseConfig, "model": ModelConfig},
+              [base, sft_model, lock, *metric_files], [out],
+              lambda cfg, model, log: stage.run(cfg, model, profile, {"base": base, "sft": sft_model},
+                                                metric_files, lock, out, log), params, profiles)
+
+
 @app.command("params")
 def show_params(section: Annotated[str | None, typer.Argument(help="one section")] = None,
                 params: ParamsOpt = Path("params.yaml"), profiles: ProfilesOpt = Path("configs")) -> None:

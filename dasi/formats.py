@@ -43,10 +43,11 @@ SCHEMAS: dict[str, tuple[int, pa.Schema]] = {
         ("lang", pa.string()), ("text", pa.string()), ("n_chars", pa.int64()),
         ("split", pa.string()), ("provenance", pa.string()),
     ])),
-    # Chat conversations for SFT: messages is a JSON list of {"role", "content"}.
+    # Chats for SFT (instruct/chats.py validates them): messages is a JSON list of
+    # {"role", "content"}; provenance a JSON object or null.
     "chats": (1, pa.schema([
-        ("chat_id", pa.string()), ("lang", pa.string()), ("source", pa.string()),
-        ("messages", pa.string()), ("provenance", pa.string()),
+        ("schema", pa.string()), ("id", pa.string()), ("lang", pa.string()),
+        ("source", pa.string()), ("messages", pa.string()), ("provenance", pa.string()),
     ])),
 }
 

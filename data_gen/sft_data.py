@@ -60,7 +60,8 @@ def run(cfg: SftDataConfig, gen: GenerateConfig, out_file: Path, log,
             messages = [{"role": "system", "content": spec["system"][lang]},
                         {"role": "user", "content": prompt}, {"role": "assistant", "content": c.text}]
             rows.append({
-                "chat_id": f"teacher-{lang}-{i:04d}", "lang": lang, "source": "teacher",
+                "schema": "dasi.chat/1", "id": f"teacher-{lang}-{i:04d}", "lang": lang,
+                "source": f"teacher:{gen.teacher.id}",
                 "messages": json.dumps(messages, ensure_ascii=False),
                 "provenance": json.dumps({
                     "teacher_id": gen.teacher.id, "teacher_file_hash": teacher_hash,

@@ -32,3 +32,7 @@ def test_teacher_chats_with_provenance(tmp_path, engine, runlog):
     msgs = json.loads(chats[0]["messages"])
     assert [m["role"] for m in msgs] == ["system", "user", "assistant"] and msgs[2]["content"]
     assert json.loads(chats[0]["provenance"])["teacher_id"] == TEACHER.id
+    # The contract with the sft stage: its reader validates every chat.
+    from instruct.chats import read_chats
+
+    assert [c.id for c in read_chats(tmp_path / "chats.parquet")] == [c["id"] for c in chats]

@@ -1,0 +1,140 @@
+"""lm-eval-harness runs, each in a child process whose caches all live in one work folder.
+
+A task comes from the hub (lm-eval's own config, unchanged) or from a local file: then a task
+YAML is written that ``include:``s lm-eval's shipped config and swaps only the dataset for a
+local JSON file (``dataset_path: json``), so prompts, choices and metrics stay lm-eval's.
+
+Child entry point: ``python -m evals.harness SPEC.json OUT.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from dasi.strict import StrictModel
+
+
+class TaskSpec(StrictModel):
+    name: str = Field(description="an lm-eval task, e.g. kobest_copa")
+    source: Literal["hub", "local"] = "hub"
+    local_file: str | None = Field(None, description="JSONL in the task's own format (source: local)")
+    config: str | None = Field(None, description="lm-eval task YAML to include; default: found by name")
+
+    @model_validator(mode="after")
+    def _local_needs_file(self) -> TaskSpec:
+        if self.source == "local" and not self.local_file:
+            raise ValueError("source: local needs local_file")
+        return self
+
+    @property
+    def registered_name(self) -> str:
+        return self.name if self.source == "hub" else f"{self.name}_local"
+
+
+def shipped_task_yaml(name: str) -> Path:
+    """The YAML lm-eval ships for task ``name`` (e.g. lm_eval/tasks/kobest/kobest_copa.yaml)."""
+    import lm_eval.tasks
+
+    root = Path(lm_eval.tasks.__file__).parent
+    hits = sorted(root.rglob(f"{name}.yaml"))
+    if not hits:
+        raise FileNotFoundError(f"lm-eval ships no {name}.yaml under {root}")
+    return hits[0]
+
+
+def write_local_task(task: TaskSpec, folder: Path) -> Path:
+    """A task YAML that reuses lm-eval's config for ``task.name`` with a local test split."""
+    import yaml
+
+    data = Path(task.local_file or "").resolve()
+    if not data.is_file():
+        raise FileNotFoundError(f"evaluate: local task data {data} not found")
+    spec = {
+        "include": str(Path(task.config).resolve() if task.config else shipped_task_yaml(task.name)),
+        "task": task.registered_name,
+        "dataset_path": "json",
+        "dataset_name": None,
+        "dataset_kwargs": {"data_files": {"test": str(data)}},
+        "training_split": None,
+        "validation_split": None,
+        "test_split": "test",
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{task.registered_name}.yaml"
+    path.write_text(yaml.safe_dump(spec, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _numeric(results: dict[str, Any]) -> dict[str, float]:
+    """``{"acc,none": 0.5, "acc_stderr,none": "N/A", ...}`` -> ``{"acc": 0.5}`` (finite numbers only)."""
+    out = {}
+    for key, value in results.items():
+        metric, _, filt = key.partition(",")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            if metric in ("sample_len",):
+                continue
+            out[metric if filt in ("", "none") else f"{metric}/{filt}"] = float(value)
+    return out
+
+
+def evaluate_models(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run lm-eval on every model of ``spec``; returns {model: {task: {metric: value}}}."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    tasks = [TaskSpec.model_validate(t) for t in spec["tasks"]]
+    task_dir = Path(spec["work_dir"]) / "tasks"
+    for t in tasks:
+        if t.source == "local":
+            write_local_task(t, task_dir)
+    manager = TaskManager(include_path=str(task_dir) if task_dir.exists() else None)
+    seed = spec["seed"]
+    out: dict[str, Any] = {}
+    for name, model in spec["models"].items():
+        args = {"pretrained": model["path"], "tokenizer": model["tokenizer"], "dtype": spec["dtype"],
+                "device": spec["device"]}
+        res = lm_eval.simple_evaluate(
+            model="hf", model_args=args, tasks=[t.registered_name for t in tasks], task_manager=manager,
+            num_fewshot=spec["num_fewshot"], limit=spec["limit"], batch_size=spec["batch_size"],
+            random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+            log_samples=False, apply_chat_template=model.get("chat_template", False),
+        )
+        out[name] = {t.name: {**_numeric(res["results"][t.registered_name]),
+                              "n": res["n-samples"][t.registered_name]["effective"]} for t in tasks}
+    return out
+
+
+def run_in_child(spec: dict[str, Any], work_dir: Path) -> dict[str, Any]:
+    """Run :func:`evaluate_models` in a fresh interpreter with every HF cache under ``work_dir``."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    spec_path, out_path = work_dir / "spec.json", work_dir / "harness.json"
+    spec_path.write_text(json.dumps({**spec, "work_dir": str(work_dir.resolve())}, indent=1))
+    home = (work_dir / "hf_home").resolve()
+    env = {**os.environ, "HF_HOME": str(home), "HF_DATASETS_CACHE": str(home / "datasets"),
+           "HF_MODULES_CACHE": str(home / "modules"), "HF_EVALUATE_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true"}
+    proc = subprocess.run([sys.executable, "-m", "evals.harness", str(spec_path), str(out_path)],
+                          env=env, capture_output=True, text=True)
+    (work_dir / "harness.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
+        log = work_dir / "harness.log"
+        raise RuntimeError(f"lm-eval failed (exit {proc.returncode}); see {log}:\n{tail}")
+    return json.loads(out_path.read_text())
+
+
+def main(argv: list[str]) -> None:
+    spec = json.loads(Path(argv[0]).read_text())
+    Path(argv[1]).write_text(json.dumps(evaluate_models(spec), indent=1))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
