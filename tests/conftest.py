@@ -54,3 +54,59 @@ def curated_file(tmp_path_factory, natural_docs) -> Path:
     path = tmp_path_factory.mktemp("curated") / "documents.parquet"
     write_parquet(path, docs, "curated")
     return path
+
+
+def _quiet_log(root: Path, stage: str):
+    from dasi.runlog import LoggingConfig, RunLog
+
+    return RunLog(stage, {}, logging=LoggingConfig(logs_dir=str(root / "logs"), wandb=False,
+                                                   tensorboard=False))
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory, curated_file) -> Path:
+    """Our tokenizer (tokenizer stage code) trained on the real natural documents."""
+    from pretrain.tokenizer import TokenizerConfig, run
+
+    root = tmp_path_factory.mktemp("tokenizer")
+    cfg = TokenizerConfig(vocab_size=2048, sample_chars={"ko": 30000, "en": 30000, "code": 30000},
+                          references=[])
+    with _quiet_log(root, "tokenizer") as log:
+        run(cfg, curated_file, root / "tokenizer", root / "eff.json", log)
+    return root / "tokenizer"
+
+
+@pytest.fixture(scope="session")
+def packed(tmp_path_factory, curated_file, tokenizer_dir) -> Path:
+    """megatron .bin/.idx data and its manifest (pack stage code); returns the manifest path."""
+    from pretrain.pack import PackConfig, run
+
+    root = tmp_path_factory.mktemp("packed")
+    with _quiet_log(root, "pack") as log:
+        run(PackConfig(blend={"ko": 0.35, "en": 0.28, "code": 0.37}), curated_file, tokenizer_dir,
+            root / "packed", log)
+    return root / "packed" / "manifest.json"
+
+
+def build_tiny_llama(folder: Path, tokenizer: Path, seed: int = 0) -> Path:
+    """A random LlamaForCausalLM of the tiny profile's shape, saved with ``tokenizer``."""
+    import shutil
+
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer))
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=2048, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=192, max_position_embeddings=128,
+                      rope_theta=500000.0, tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(str(folder))
+    for f in Path(tokenizer).iterdir():
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, tokenizer_dir) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "base", tokenizer_dir)

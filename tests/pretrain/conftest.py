@@ -1,8 +1,7 @@
-"""Fixtures for the pretrain/export tests: the tiny model and a private copy of the packed data."""
+"""Fixtures for the pretrain/export tests (packed data and tokenizer come from tests/conftest.py)."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,25 +18,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def model_cfg() -> ModelConfig:
     tiny = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
     return ModelConfig.model_validate(tiny["model"])
-
-
-@pytest.fixture(scope="session")
-def packed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of data/packed (the pack stage's output), so a concurrent `dvc repro` can't change it."""
-    src = ROOT / "data" / "packed"
-    if not (src / "manifest.json").exists():
-        pytest.skip("data/packed is missing: run `dvc repro pack` first")
-    dst = tmp_path_factory.mktemp("packed") / "packed"
-    shutil.copytree(src, dst)
-    return dst / "manifest.json"
-
-
-@pytest.fixture(scope="session")
-def tokenizer_dir() -> Path:
-    d = ROOT / "data" / "tokenizer"
-    if not (d / "tokenizer.json").exists():
-        pytest.skip("data/tokenizer is missing: run `dvc repro tokenizer` first")
-    return d
 
 
 def small_cfg(**kw) -> PretrainConfig:
