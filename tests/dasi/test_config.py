@@ -53,24 +53,33 @@ def test_unknown_key_and_wrong_type():
         validate_section("curate", {"min_chars": "many"}, CurateConfig)
 
 
-def test_every_profile_validates_every_section():
+def test_every_profile_validates_every_section(tmp_path):
+    from dasi.release import ReleaseConfig
+    from dasi.runlog import LoggingConfig
     from dasi.stage import load_stage
     from data_gen.curate import CurateConfig
     from data_gen.generate import GenerateConfig
     from data_gen.seeds import SeedsConfig
+    from data_gen.sft_data import SftDataConfig
+    from evals.evaluate import EvaluateConfig
+    from instruct.sft import SFTConfig
+    from pretrain.export import ExportConfig
     from pretrain.pack import PackConfig
+    from pretrain.pretrain_config import PretrainConfig
     from pretrain.tokenizer import TokenizerConfig
 
-    sections = {"seeds": SeedsConfig, "generate": GenerateConfig, "curate": CurateConfig,
-                "tokenizer": TokenizerConfig, "pack": PackConfig, "model": ModelConfig}
+    sections = {"seeds": SeedsConfig, "generate": GenerateConfig, "sft_data": SftDataConfig,
+                "curate": CurateConfig, "tokenizer": TokenizerConfig, "pack": PackConfig,
+                "model": ModelConfig, "pretrain": PretrainConfig, "export": ExportConfig,
+                "sft": SFTConfig, "evaluate": EvaluateConfig, "release": ReleaseConfig,
+                "logging": LoggingConfig}
     for profile in ("tiny", "kormo-10.8b"):
-        params = REPO / "configs" / f"_test_{profile}.yaml"
-        try:
-            params.write_text(f"profile: {profile}\n")
-            for name, model in sections.items():
-                load_stage(name, model, params, REPO / "configs")
-        finally:
-            params.unlink()
+        params = tmp_path / f"{profile}.yaml"
+        params.write_text(f"profile: {profile}\n")
+        tree = resolve_params(params, REPO / "configs")
+        assert set(tree) - {"profile", "launcher", "description"} == set(sections)
+        for name, model in sections.items():
+            load_stage(name, model, params, REPO / "configs")
 
 
 def test_kormo_parameter_count_is_10_76b():

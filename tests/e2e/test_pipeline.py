@@ -38,7 +38,7 @@ def repo(tmp_path_factory) -> Path:
     sh(["git", "init", "-q"], dst)
     sh(["git", "add", "-A"], dst)
     sh(["git", "-c", "user.name=ci", "-c", "user.email=ci@dasi", "commit", "-qm", "e2e"], dst)
-    sh(["dvc", "repro", "pack"], dst)
+    sh(["dvc", "repro"], dst)
     return dst
 
 
@@ -68,11 +68,56 @@ def test_data_half_outputs(repo):
     for d in manifest.datasets:
         ds = IndexedDataset(str(repo / "data/packed" / d.prefix))
         assert len(ds) == d.documents and int(ds.sequence_lengths.sum()) == d.tokens
-    for stage in ("seeds", "generate", "curate", "tokenizer", "pack"):
+    for stage in ("seeds", "generate", "sft-data", "curate", "tokenizer", "pack", "pretrain", "export",
+                  "sft", "evaluate", "release"):
         runs = list((repo / "logs" / stage).iterdir())
         run = json.loads((runs[0] / "run.json").read_text())
         assert run["status"] == "ok", stage
         assert json.loads((runs[0] / "env.json").read_text())["git"]["commit"]
+
+
+def test_model_half_outputs(repo):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from instruct.chats import read_chats
+
+    pretrain = json.loads((repo / "metrics/pretrain.json").read_text())
+    assert pretrain["steps"] == 300 and pretrain["final_train_loss"] < pretrain["first_train_loss"] - 1
+    export = json.loads((repo / "metrics/export.json").read_text())
+    assert export["passed"] and export["max_abs_logit_diff"] < 1e-4
+    assert read_chats(repo / "data/sft/teacher_chats.parquet")
+    sft = json.loads((repo / "metrics/sft.json").read_text())
+    assert sft["heldout_loss_after"] < sft["heldout_loss_before"]
+    evals = json.loads((repo / "metrics/eval.json").read_text())
+    for name in ("base", "sft"):
+        m = evals["models"][name]
+        assert m["tasks"]["kobest_copa"]["n"] == 32 and 0 <= m["tasks"]["kobest_copa"]["acc"] <= 1
+        assert set(m["bpb"]) == {"ko", "en"} and all(0 < v < 8 for v in m["bpb"].values())
+    for folder in ("data/hf/base", "data/hf/sft"):
+        tok = AutoTokenizer.from_pretrained(repo / folder)
+        model = AutoModelForCausalLM.from_pretrained(repo / folder)
+        ids = tok.apply_chat_template([{"role": "user", "content": "안녕?"}], add_generation_prompt=True,
+                                      return_tensors="pt", return_dict=True)
+        out = model.generate(**ids, max_new_tokens=4, do_sample=False)
+        assert out.shape[1] > ids["input_ids"].shape[1]
+    shown = sh(["dvc", "metrics", "show"], repo).stdout
+    for key in ("chars_per_token.dasi.ko", "kept_documents", "final_train_loss", "max_abs_logit_diff",
+                "models.sft.tasks.kobest_copa.acc", "models.base.bpb.ko"):
+        assert key in shown, key
+
+
+def test_release_checksums_match(repo):
+    rel = repo / "releases" / "tiny"
+    assert sh(["sha256sum", "-c", "--quiet", "SHA256SUMS"], rel).returncode == 0
+    listed = {line.split("  ", 1)[1] for line in (rel / "SHA256SUMS").read_text().splitlines()}
+    assert {"README.md", "results.json", "dvc.lock", "models/base/model.safetensors",
+            "models/sft/model.safetensors"} <= listed
+    card = (rel / "README.md").read_text()
+    assert "## English" in card and "## 한국어" in card and "kobest_copa" in card
+    lock = (rel / "dvc.lock").read_text()
+    assert all(f"  {s}:" in lock for s in ("seeds", "generate", "pretrain", "export", "sft", "evaluate"))
+    ignored = (rel / ".gitignore").read_text()
+    assert "/models" in ignored  # the weights go to the DVC remote, not git
 
 
 def test_rerun_is_a_no_op_and_a_param_reruns_only_its_stages(repo):
