@@ -225,6 +225,27 @@ def logs_show(run_dir: Path) -> None:
     typer.echo(show(run_dir))
 
 
+@logs_app.command("compare")
+def logs_compare(run_dirs: Annotated[list[Path], typer.Argument(help="two or more run folders")]) -> None:
+    """Summaries side by side, plus every config value that differs between the runs."""
+    from dasi.logview import compare
+
+    typer.echo(compare(run_dirs))
+
+
+@logs_app.command("plot")
+def logs_plot(run_dirs: Annotated[list[Path], typer.Argument(help="run folders")],
+              metric: Annotated[str, typer.Option(help="a key of metrics.jsonl")] = "loss",
+              out: Annotated[Path, typer.Option("-o", "--out", help="image")] = Path("plot.png")) -> None:
+    """Plot one metric against step for several runs into an image."""
+    from dasi.logview import plot
+
+    try:
+        typer.echo(plot(run_dirs, metric, out))
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
 def main() -> None:
     try:
         app()

@@ -42,3 +42,24 @@ def test_failed_run_is_marked(tmp_path):
     run = json.loads((log.dir / "run.json").read_text())
     assert run["status"] == "failed" and "boom" in run["error"]
     assert not (log.dir / "outputs.json").exists()
+
+
+def test_show_compare_and_plot(tmp_path):
+    from dasi.logview import compare, plot, show
+
+    dirs = []
+    for lr in (0.1, 0.2):
+        cfg = LoggingConfig(logs_dir=str(tmp_path / "logs"), wandb=False, tensorboard=False)
+        with RunLog("train", {"lr": lr, "steps": 3}, logging=cfg) as log:
+            for step in range(1, 4):
+                log.log({"loss": 3.0 / step / lr}, step=step)
+            log.summary({"final_loss": 1 / lr})
+        dirs.append(log.dir)
+    assert "status=ok" in show(dirs[0]) and "final_loss: 10.0" in show(dirs[0])
+    table = compare(dirs)
+    assert "config.lr" in table and "config.steps" not in table  # only what differs
+    assert "final_loss" in table
+    png = plot(dirs, "loss", tmp_path / "loss.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="no 'grad_norm'"):
+        plot(dirs, "grad_norm", tmp_path / "x.png")
