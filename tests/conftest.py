@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
+# Tests never touch the user's caches: Hugging Face and matplotlib write into a private folder.
+_CACHE = Path(tempfile.mkdtemp(prefix="dasi-tests-cache-"))
+os.environ["HF_HOME"] = str(_CACHE / "hf")
+os.environ["MPLCONFIGDIR"] = str(_CACHE / "matplotlib")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
