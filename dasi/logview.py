@@ -6,20 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dasi.nested import flatten
 from dasi.runlog import read_jsonl
 
 
 def _json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for k, v in tree.items():
-            out |= _flat(v, f"{prefix}.{k}" if prefix else str(k))
-        return out
-    return {prefix: tree}
 
 
 def show(run_dir: Path) -> str:
@@ -41,8 +33,8 @@ def show(run_dir: Path) -> str:
 
 def compare(run_dirs: list[Path]) -> str:
     """Side by side: status, summaries, and the config keys whose values differ."""
-    runs = [{"run": _json(d / "run.json"), "summary": _flat(_json(d / "summary.json")),
-             "config": _flat(_json(d / "config.json"))} for d in run_dirs]
+    runs = [{"run": _json(d / "run.json"), "summary": flatten(_json(d / "summary.json")),
+             "config": flatten(_json(d / "config.json"))} for d in run_dirs]
     names = [r["run"].get("run_id", str(d)) for r, d in zip(runs, run_dirs, strict=True)]
     rows = [("run", names), ("status", [r["run"].get("status") for r in runs]),
             ("elapsed_s", [r["run"].get("elapsed_s") for r in runs])]

@@ -15,6 +15,7 @@ from pydantic import Field
 
 from dasi.atomic import atomic_path
 from dasi.model_config import ModelConfig, parameter_count
+from dasi.nested import flatten
 from dasi.provenance import sha256_file
 from dasi.strict import StrictModel
 
@@ -29,22 +30,12 @@ def read_metrics(files: list[Path]) -> dict[str, Any]:
     return {Path(f).stem: json.loads(Path(f).read_text()) for f in files if Path(f).exists()}
 
 
-def flatten(tree: Any, prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of a nested dict as ``a.b.c -> value``."""
-    if isinstance(tree, dict):
-        out: dict[str, float] = {}
-        for k, v in tree.items():
-            out |= flatten(v, f"{prefix}.{k}" if prefix else str(k))
-        return out
-    if isinstance(tree, (int, float)) and not isinstance(tree, bool):
-        return {prefix: tree}
-    return {}
-
-
 def results_table(metrics: dict[str, Any]) -> str:
     rows = ["| metric | value |", "|---|---|"]
     for name in ("pretrain", "export", "sft", "eval"):
         for key, value in flatten(metrics.get(name, {})).items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
             shown = f"{value:.4f}" if isinstance(value, float) else f"{value}"
             rows.append(f"| {name}.{key} | {shown} |")
     return "\n".join(rows)
