@@ -56,13 +56,22 @@ def _git(*args: str) -> str | None:
         out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    return out.stdout.rstrip() if out.returncode == 0 else None
+
+
+# Files the pipeline itself rewrites while `dvc repro` runs: not a sign of uncommitted code.
+PIPELINE_WRITES = ("dvc.lock", "metrics", "releases", "logs", "data")
 
 
 def git_state() -> dict[str, Any]:
+    """HEAD, and whether tracked files other than pipeline outputs differ from it."""
     commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+    excludes = [f":(exclude){p}" for p in PIPELINE_WRITES]
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", *excludes)
+    if status is None:
+        return {"commit": commit, "dirty": None, "modified": []}
+    modified = [line[3:] for line in status.splitlines()]
+    return {"commit": commit, "dirty": bool(modified), "modified": modified[:50]}
 
 
 def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str]:
