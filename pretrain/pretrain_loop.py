@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from tqdm import tqdm
 
 from dasi.model_config import ModelConfig
 from pretrain import pretrain_ckpt as ckpt
@@ -97,6 +98,8 @@ def train(m: ModelConfig, cfg: PretrainConfig, manifest: Path, ckpt_dir: Path, l
         tokens_per_step = cfg.global_batch * m.seq_length
         t0 = time.time()
         first = last = valid = None
+        bar = tqdm(total=stop, initial=start, desc="pretrain", unit="step",
+                   disable=torch.distributed.get_rank() != 0)
         for step in range(start, stop):
             t = time.time()
             model.train()
@@ -123,8 +126,11 @@ def train(m: ModelConfig, cfg: PretrainConfig, manifest: Path, ckpt_dir: Path, l
                 valid = metrics["valid_loss"] = evaluate(model, valid_ds, cfg, dp_rank)
             if done % cfg.log_interval == 0 or done == stop or "valid_loss" in metrics:
                 log.log(metrics, step=done)
+            bar.set_postfix(loss=f"{last:.3f}", refresh=False)
+            bar.update(1)
             if done % cfg.save_interval == 0 or done == stop:
                 ckpt.save(ckpt_dir, done, gpt, opt, sched, {"consumed_samples": done * cfg.global_batch})
+        bar.close()
         summary = {"steps": stop, "resumed_from": start, "first_train_loss": first,
                    "final_train_loss": last, "final_valid_loss": valid,
                    "train_wall_s": round(time.time() - t0, 3), "world_size": par.world_size,
