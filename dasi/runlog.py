@@ -18,6 +18,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -162,10 +163,14 @@ class RunLog:
 
             self._tb = SummaryWriter(log_dir=str(self.dir / "tb"))
         if self.logging.wandb:
-            import wandb
-
             wdir = self.dir / "wandb"
             wdir.mkdir()
+            # wandb makes temp folders when first imported: keep them in the run folder too.
+            saved, tempfile.tempdir = tempfile.tempdir, str(wdir)
+            try:
+                import wandb
+            finally:
+                tempfile.tempdir = saved
             # Keep every W&B file inside the run folder, never under ~.
             for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
                 os.environ[var] = str(wdir.resolve())
