@@ -20,7 +20,7 @@ from tqdm import tqdm
 from dasi.atomic import write_json
 from dasi.formats import read_parquet, write_parquet
 from dasi.provenance import sha256_file
-from dasi.resume import fingerprint, prepare_resumable_dir
+from dasi.resume import fingerprint, mark_complete, prepare_resumable_dir
 from dasi.strict import StrictModel
 from data_gen.engines import Engine, SamplingConfig, TeacherConfig, make_engine
 
@@ -106,7 +106,9 @@ def run(cfg: GenerateConfig, requests_file: Path, out_dir: Path, log,
             bar.update(len(batch))
         write_parquet(out_dir / f"shard-{k:05d}.parquet", rows, "generated")
     bar.close()
-    return write_manifest(out_dir, len(shards))
+    summary = write_manifest(out_dir, len(shards))
+    mark_complete(out_dir)
+    return summary
 
 
 def write_manifest(out_dir: Path, n_shards: int) -> dict:

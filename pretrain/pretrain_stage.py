@@ -15,7 +15,7 @@ from typing import Any
 
 from dasi.model_config import ModelConfig
 from dasi.provenance import sha256_file
-from dasi.resume import fingerprint, prepare_resumable_dir
+from dasi.resume import fingerprint, mark_complete, prepare_resumable_dir
 from pretrain import pretrain_launch as launch
 from pretrain.pretrain_config import PretrainConfig
 from pretrain.pretrain_worker import replay, write_job
@@ -45,7 +45,7 @@ def run(model: ModelConfig, cfg: PretrainConfig, manifest: Path, checkpoints: Pa
         # Resume only a run of this model, data and optimisation; anything else starts afresh.
         prepare_resumable_dir(checkpoints, checkpoint_fingerprint(model, cfg, manifest), log)
     if kind == "local" and not dry_run:
-        return train(model, cfg, manifest, checkpoints, log, stop_at=stop_at)
+        return _finish(train(model, cfg, manifest, checkpoints, log, stop_at=stop_at), cfg, checkpoints)
     job = checkpoints / "job.json"
     if dry_run:
         return {"dry_run": launch.dry_run(cfg, job, launcher)}
@@ -63,4 +63,11 @@ def run(model: ModelConfig, cfg: PretrainConfig, manifest: Path, checkpoints: Pa
         script = checkpoints / "pretrain.sbatch"
         script.write_text(launch.slurm_script(cfg, job, python=sys.executable))
         subprocess.run(["sbatch", "--wait", str(script)], check=True)
-    return replay(checkpoints / "records.jsonl", log)
+    return _finish(replay(checkpoints / "records.jsonl", log), cfg, checkpoints)
+
+
+def _finish(summary: dict[str, Any], cfg: PretrainConfig, checkpoints: Path) -> dict[str, Any]:
+    """A run that reached train_steps is finished: a later invocation trains afresh."""
+    if summary.get("steps") == cfg.train_steps:
+        mark_complete(checkpoints)
+    return summary

@@ -16,6 +16,20 @@ from tests.data_gen.conftest import TEACHER
 pytestmark = pytest.mark.slow
 
 
+class InterruptOnCall:
+    """The real engine, with a Ctrl-C arriving during its ``call``-th generate call."""
+
+    def __init__(self, engine, call: int) -> None:
+        self.engine, self.call, self.calls = engine, call, 0
+        self.name, self.version = engine.name, engine.version
+
+    def generate(self, prompts, sampling, seed):
+        self.calls += 1
+        if self.calls == self.call:
+            raise KeyboardInterrupt
+        return self.engine.generate(prompts, sampling, seed)
+
+
 def requests_file(tmp_path, n=3):
     rows = [{"request_id": f"r{i}", "lang": "en", "style": "qa", "template_id": "qa-en",
              "template_version": 1, "template_hash": "h" * 64, "audience": "students",
@@ -58,17 +72,27 @@ def test_shards_carry_provenance_and_resume_without_duplicates(tmp_path, engine,
     manifest = json.loads((out / "_manifest.json").read_text())
     assert [s["rows"] for s in manifest["shards"]] == [2, 1]
 
-    # An interrupted run: the second shard is missing. A rerun redoes only that shard,
-    # and the seeding makes it identical to the first time.
-    shard0_mtime = (out / "shard-00000.parquet").stat().st_mtime_ns
-    (out / "shard-00001.parquet").unlink()
+    # An interrupted run (Ctrl-C while the second shard is generated) resumes: the rerun redoes
+    # only that shard, and the seeding makes it identical to the uninterrupted run.
+    out2 = tmp_path / "gen2"
+    with pytest.raises(KeyboardInterrupt):
+        with runlog("generate") as log_a:
+            run(cfg(), req, out2, log_a, engine=InterruptOnCall(engine, call=2))
+    assert sorted(p.name for p in out2.glob("shard-*")) == ["shard-00000.parquet"]
+    shard0_mtime = (out2 / "shard-00000.parquet").stat().st_mtime_ns
     with runlog("generate") as log2:
-        run(cfg(), req, out, log2, engine=engine)
-    assert (out / "shard-00000.parquet").stat().st_mtime_ns == shard0_mtime
-    assert read_parquet(sorted(out.glob("shard-*.parquet")), "generated").to_pylist() == first
+        run(cfg(), req, out2, log2, engine=engine)
+    assert (out2 / "shard-00000.parquet").stat().st_mtime_ns == shard0_mtime
+    assert read_parquet(sorted(out2.glob("shard-*.parquet")), "generated").to_pylist() == first
     events = read_jsonl(log2.dir / "events.jsonl")
     assert events[0]["event"] == "resume" and events[0]["shards_done"] == 1
     assert len(read_jsonl(log2.dir / "metrics.jsonl")) == 1  # one batch regenerated
+
+    # A finished run is redone, not silently reused, when the stage runs again.
+    with runlog("generate") as log_b:
+        run(cfg(), req, out2, log_b, engine=engine)
+    assert read_jsonl(log_b.dir / "events.jsonl")[0]["event"] == "redo_finished_output"
+    assert len(read_jsonl(log_b.dir / "metrics.jsonl")) == 2
 
     # Another config must not reuse stale shards.
     with runlog("generate") as log3:

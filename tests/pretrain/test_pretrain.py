@@ -143,3 +143,14 @@ def test_kormo_profile_builds_on_meta_device_with_exact_count() -> None:
     assert {p.device.type for p in params} == {"meta"}
     assert sum(p.numel() for p in params) == parameter_count(m) == 10_756_624_384
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 8 * 1024 * 1024  # KiB: < 8 GiB
+
+
+def test_a_finished_run_is_redone_not_silently_reused(model_cfg, packed, tmp_path) -> None:
+    cfg = small_cfg(train_steps=3, warmup_steps=1, save_interval=3)
+    with runlog(tmp_path / "a", cfg) as first:
+        a = run(model_cfg, cfg, packed, tmp_path / "ck", first)
+    with runlog(tmp_path / "b", cfg) as again:
+        b = run(model_cfg, cfg, packed, tmp_path / "ck", again)
+    assert read_jsonl(again.dir / "events.jsonl")[0]["event"] == "redo_finished_output"
+    assert b["resumed_from"] == 0 and b["final_train_loss"] == pytest.approx(a["final_train_loss"])
+    assert sorted(_losses(again.dir)) == [1, 2, 3]
