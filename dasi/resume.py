@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,11 @@ def fingerprint(*parts: Any) -> str:
     return sha256_text(json.dumps(parts, sort_keys=True, default=str))
 
 
-def prepare_resumable_dir(out_dir: Path, fp: str, log: Any) -> bool:
+def prepare_resumable_dir(out_dir: Path, fp: str, log: Any,
+                          finished: Callable[[Path], bool] | None = None) -> bool:
     """Make ``out_dir`` hold only unfinished work for fingerprint ``fp``; returns whether
-    earlier work stays (to be resumed)."""
+    earlier work stays (to be resumed). ``finished`` recognises finished work from the files
+    themselves (a run cut off after its last write but before :func:`mark_complete`)."""
     out_dir = Path(out_dir)
     state_file = out_dir / STATE_FILE
     kept = False
@@ -37,7 +40,7 @@ def prepare_resumable_dir(out_dir: Path, fp: str, log: Any) -> bool:
                 log.event("clear_stale_output", path=str(out_dir),
                           previous_fingerprint=state.get("fingerprint"), fingerprint=fp)
             shutil.rmtree(out_dir)
-        elif state.get("complete"):
+        elif state.get("complete") or (finished is not None and finished(out_dir)):
             log.event("redo_finished_output", path=str(out_dir), fingerprint=fp)
             shutil.rmtree(out_dir)
         else:

@@ -78,7 +78,8 @@ def run(cfg: GenerateConfig, requests_file: Path, out_dir: Path, log,
     requests = read_parquet(requests_file, "requests").to_pylist()
     if cfg.max_requests is not None:
         requests = requests[: cfg.max_requests]
-    prepare_resumable_dir(out_dir, output_fingerprint(cfg, requests_file), log)
+    prepare_resumable_dir(out_dir, output_fingerprint(cfg, requests_file), log,
+                          finished=lambda d: (d / "_manifest.json").exists())
     shards = [requests[i: i + cfg.shard_size] for i in range(0, len(requests), cfg.shard_size)]
     todo = [k for k, s in enumerate(shards)
             if not shard_complete(out_dir / f"shard-{k:05d}.parquet", [r["request_id"] for r in s])]

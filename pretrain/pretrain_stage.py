@@ -16,6 +16,7 @@ from typing import Any
 from dasi.model_config import ModelConfig
 from dasi.provenance import sha256_file
 from dasi.resume import fingerprint, mark_complete, prepare_resumable_dir
+from pretrain import pretrain_ckpt as ckpt
 from pretrain import pretrain_launch as launch
 from pretrain.pretrain_config import PretrainConfig
 from pretrain.pretrain_worker import replay, write_job
@@ -43,7 +44,8 @@ def run(model: ModelConfig, cfg: PretrainConfig, manifest: Path, checkpoints: Pa
         raise FileNotFoundError(f"{manifest}: run the pack stage first")
     if not dry_run:
         # Resume only a run of this model, data and optimisation; anything else starts afresh.
-        prepare_resumable_dir(checkpoints, checkpoint_fingerprint(model, cfg, manifest), log)
+        prepare_resumable_dir(checkpoints, checkpoint_fingerprint(model, cfg, manifest), log,
+                              finished=lambda d: (ckpt.latest_step(d) or 0) >= cfg.train_steps)
     if kind == "local" and not dry_run:
         return _finish(train(model, cfg, manifest, checkpoints, log, stop_at=stop_at), cfg, checkpoints)
     job = checkpoints / "job.json"

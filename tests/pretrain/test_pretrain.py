@@ -154,3 +154,17 @@ def test_a_finished_run_is_redone_not_silently_reused(model_cfg, packed, tmp_pat
     assert read_jsonl(again.dir / "events.jsonl")[0]["event"] == "redo_finished_output"
     assert b["resumed_from"] == 0 and b["final_train_loss"] == pytest.approx(a["final_train_loss"])
     assert sorted(_losses(again.dir)) == [1, 2, 3]
+
+
+def test_a_run_cut_off_after_its_last_checkpoint_is_redone(model_cfg, packed, tmp_path) -> None:
+    import json
+
+    cfg = small_cfg(train_steps=2, warmup_steps=1, save_interval=2)
+    with runlog(tmp_path / "a", cfg) as first:
+        run(model_cfg, cfg, packed, tmp_path / "ck", first)
+    state = tmp_path / "ck" / "_state.json"
+    state.write_text(json.dumps({**json.loads(state.read_text()), "complete": False}))
+    with runlog(tmp_path / "b", cfg) as again:
+        b = run(model_cfg, cfg, packed, tmp_path / "ck", again)
+    assert read_jsonl(again.dir / "events.jsonl")[0]["event"] == "redo_finished_output"
+    assert b["final_train_loss"] is not None
