@@ -36,7 +36,7 @@ def results_table(metrics: dict[str, Any]) -> str:
         for key, value in flatten(metrics.get(name, {})).items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
-            shown = f"{value:.4f}" if isinstance(value, float) else f"{value}"
+            shown = f"{value:.6g}" if isinstance(value, float) else f"{value}"
             rows.append(f"| {name}.{key} | {shown} |")
     return "\n".join(rows)
 

@@ -29,7 +29,7 @@ def test_release_folder_card_and_checksums(tmp_path, tiny_model, runlog):
     listed = (out / "SHA256SUMS").read_text().splitlines()
     assert summary["files"] == len(listed) == sum(1 for p in out.rglob("*") if p.is_file()) - 1
     card = (out / "README.md").read_text()
-    assert "| eval.models.base.tasks.kobest_copa.acc | 0.5000 |" in card
+    assert "| eval.models.base.tasks.kobest_copa.acc | 0.5 |" in card
     assert "`kolaw`: 3 documents, 1,200 bytes" in card and "걸러진 요청 수: 7" in card
     assert "360,768" in card and (out / "dvc.lock").read_text() == lock.read_text()
     assert set(json.loads((out / "results.json").read_text())) == {"eval", "curate"}
