@@ -100,15 +100,3 @@ def validate_section(section: str, data: Any, model: type[T]) -> T:
         first = _describe(errors[0], section)
         more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
         raise ConfigError(first + more) from None
-
-
-def load_section(
-    section: str,
-    model: type[T],
-    params_path: Path = PARAMS_FILE,
-    profiles_dir: Path = PROFILES_DIR,
-) -> T:
-    tree = resolve_params(params_path, profiles_dir)
-    if section not in tree:
-        raise ConfigError(f"profile {tree['profile']!r} has no section {section!r}")
-    return validate_section(section, tree[section], model)

@@ -7,9 +7,7 @@ JSON; Korean requests the teacher answered in another language show up there as
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Literal
@@ -19,6 +17,7 @@ from tqdm import tqdm
 
 from dasi.atomic import write_json
 from dasi.formats import read_parquet, write_parquet
+from dasi.splits import heldout_split
 from dasi.strict import StrictModel
 from data_gen.filters import duplicate_line_fraction, hangul_ratio, normalized_hash, top_ngram_fraction
 
@@ -76,18 +75,11 @@ def synthetic_docs(generated_dir: Path) -> list[dict]:
 
 
 def assign_splits(docs: list[dict], fraction: float) -> None:
-    """Per language, the ceil(fraction * n) documents with the lowest id hash are held out
-    (at least one where a language has two or more), so splits are stable across runs."""
-    by_lang = defaultdict(list)
+    """Set each document's ``split`` with :func:`dasi.splits.heldout_split`."""
+    _, heldout = heldout_split(docs, lambda d: d["lang"], lambda d: d["doc_id"], fraction)
+    held_ids = {d["doc_id"] for d in heldout}
     for d in docs:
-        by_lang[d["lang"]].append(d)
-    for group in by_lang.values():
-        group.sort(key=lambda d: hashlib.sha256(d["doc_id"].encode()).hexdigest())
-        k = math.ceil(fraction * len(group)) if fraction > 0 else 0
-        if fraction > 0 and len(group) >= 2:
-            k = max(k, 1)
-        for i, d in enumerate(group):
-            d["split"] = "heldout" if i < k else "train"
+        d["split"] = "heldout" if d["doc_id"] in held_ids else "train"
 
 
 def run(cfg: CurateConfig, seeds_file: Path, generated_dir: Path, out_file: Path,

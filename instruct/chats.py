@@ -14,9 +14,7 @@ the ``sft`` stage as ``--extra-chats``.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +22,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator
 
 from dasi.formats import read_parquet, write_parquet
+from dasi.splits import heldout_split
 from dasi.strict import StrictModel
 
 SCHEMA = "dasi.chat/1"
@@ -93,14 +92,5 @@ def write_chats(path: Path, chats: Iterable[Chat]) -> int:
 
 
 def split_heldout(chats: list[Chat], fraction: float) -> tuple[list[Chat], list[Chat]]:
-    """Deterministic split: within each language, the ``ceil(fraction * n)`` chats with the
-    smallest sha256(id) are held out (at least one per language when fraction > 0)."""
-    train: list[Chat] = []
-    heldout: list[Chat] = []
-    for lang in sorted({c.lang for c in chats}):
-        group = sorted((c for c in chats if c.lang == lang),
-                       key=lambda c: hashlib.sha256(c.id.encode()).hexdigest())
-        k = math.ceil(fraction * len(group)) if fraction > 0 else 0
-        heldout += group[:k]
-        train += group[k:]
-    return train, heldout
+    """Deterministic (train, heldout) split per language: :func:`dasi.splits.heldout_split`."""
+    return heldout_split(chats, lambda c: c.lang, lambda c: c.id, fraction)

@@ -4,7 +4,6 @@ save it as a transformers tokenizer folder with a chat template, and measure its
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Literal
 
@@ -13,6 +12,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 
 from dasi.atomic import atomic_path, write_json
 from dasi.formats import read_parquet
+from dasi.splits import id_hash
 from dasi.strict import StrictModel
 
 Lang = Literal["ko", "en", "code"]
@@ -45,7 +45,7 @@ class TokenizerConfig(StrictModel):
 
 
 def stable_order(docs: list[dict]) -> list[dict]:
-    return sorted(docs, key=lambda d: hashlib.sha256(d["doc_id"].encode()).hexdigest())
+    return sorted(docs, key=lambda d: id_hash(d["doc_id"]))
 
 
 def training_sample(docs: list[dict], sample_chars: dict[str, int]) -> dict[str, list[str]]:
