@@ -22,25 +22,77 @@ ProfilesOpt = Annotated[Path, typer.Option(help="folder of profiles")]
 
 
 @app.command()
+def teacher(out: Path = Path("data/teachers"), params: ParamsOpt = Path("params.yaml"),
+            profiles: ProfilesOpt = Path("configs")) -> None:
+    """Turn each configured teacher (package GGUF, hub id, folder) into a folder vLLM loads."""
+    from dasi.stage import run_stage
+    from data_gen import teacher as stage
+
+    run_stage("teacher", {"teacher": stage.TeachersConfig}, [], [out],
+              lambda cfg, log: stage.run(cfg, out, log), params, profiles)
+
+
+@app.command()
 def seeds(out: Path = Path("data/seeds"), params: ParamsOpt = Path("params.yaml"),
           profiles: ProfilesOpt = Path("configs")) -> None:
     """Collect seed documents and build generation requests (Parquet)."""
     from dasi.stage import run_stage
     from data_gen import seeds as stage
+    from data_gen.teacher import TeachersConfig
 
-    run_stage("seeds", {"seeds": stage.SeedsConfig}, [Path(stage.TEMPLATES_DIR)],
-              [out], lambda cfg, log: stage.run(cfg, out, log), params, profiles)
+    run_stage("seeds", {"seeds": stage.SeedsConfig, "teacher": TeachersConfig}, [Path(stage.TEMPLATES_DIR)],
+              [out], lambda cfg, teachers, log: stage.run(cfg, teachers, out, log), params, profiles)
 
 
 @app.command()
-def generate(requests: Path = Path("data/seeds/requests.parquet"), out: Path = Path("data/generated"),
+def generate(requests: Path = Path("data/seeds/requests.parquet"), teachers: Path = Path("data/teachers"),
+             out: Path = Path("data/generated"),
+             launcher: Annotated[str | None, typer.Option(
+                 help="local | slurm (default: params.yaml / profile)")] = None,
+             dry_run: Annotated[bool, typer.Option(
+                 help="print what would be launched (the Slurm array scripts), generate nothing")] = False,
+             restart: Annotated[bool, typer.Option(
+                 help="delete finished work made from other inputs and start over")] = False,
              params: ParamsOpt = Path("params.yaml"), profiles: ProfilesOpt = Path("configs")) -> None:
-    """Generate synthetic documents with the teacher (transformers on CPU, vLLM on GPU)."""
-    from dasi.stage import run_stage
+    """Answer every request with its teacher on vLLM: shards from independent tasks, resumable."""
+    from dasi.config import resolve_params
+    from dasi.stage import load_sections, run_stage
     from data_gen import generate as stage
 
-    run_stage("generate", {"generate": stage.GenerateConfig}, [requests], [out],
-              lambda cfg, log: stage.run(cfg, requests, out, log), params, profiles)
+    chosen = check_launcher(launcher or resolve_params(params, profiles)["launcher"], ("local", "slurm"))
+    if dry_run:  # nothing runs, so nothing is logged
+        cfgs, logging, _ = load_sections({"generate": stage.GenerateConfig}, params, profiles)
+        typer.echo(stage.run(cfgs["generate"], requests, teachers, out, None, launcher=chosen,
+                             logs_dir=logging.logs_dir, dry_run=True)["dry_run"])
+        return
+    try:
+        run_stage("generate", {"generate": stage.GenerateConfig}, [requests, teachers], [out],
+                  lambda cfg, log: stage.run(cfg, requests, teachers, out, log, launcher=chosen,
+                                             logs_dir=log.logging.logs_dir, restart=restart),
+                  params, profiles)
+    except stage.FingerprintMismatch as e:
+        print(f"dasi: generate: {e}", file=sys.stderr)
+        sys.exit(3)
+
+
+def check_launcher(value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ConfigError(f"launcher = {value!r}: allowed: {', '.join(allowed)}")
+    return value
+
+
+@app.command()
+def plan(what: Annotated[str, typer.Argument(help="what to plan: generate")],
+         measured: Annotated[Path | None, typer.Option(
+             help="a generate run folder (logs/generate/<run>) whose tokens/s to use")] = None,
+         params: ParamsOpt = Path("params.yaml"), profiles: ProfilesOpt = Path("configs")) -> None:
+    """Print the scale plan: requests, expected tokens and GPU-hours for the profile."""
+    from dasi.config import resolve_params
+    from data_gen import plan as stage
+
+    if what != "generate":
+        raise typer.BadParameter(f"can plan: generate (got {what!r})")
+    typer.echo(stage.render(stage.make_plan(resolve_params(params, profiles), measured)))
 
 
 @app.command()
@@ -81,16 +133,15 @@ def pack(curated: Path = Path("data/curated/documents.parquet"),
 
 
 @app.command("sft-data")
-def sft_data(out: Path = Path("data/sft/teacher_chats.parquet"), params: ParamsOpt = Path("params.yaml"),
+def sft_data(generated: Path = Path("data/generated"), out: Path = Path("data/sft/teacher_chats.parquet"),
+             stats: Path = Path("metrics/sft_data.json"), params: ParamsOpt = Path("params.yaml"),
              profiles: ProfilesOpt = Path("configs")) -> None:
-    """Have the teacher answer versioned instructions, making bilingual SFT chats."""
+    """Turn the teacher's answers to instructions (generate's sft requests) into filtered chats."""
     from dasi.stage import run_stage
-    from data_gen import generate
     from data_gen import sft_data as stage
 
-    run_stage("sft-data", {"sft_data": stage.SftDataConfig, "generate": generate.GenerateConfig},
-              [stage.PROMPTS_FILE], [out], lambda cfg, gen, log: stage.run(cfg, gen, out, log),
-              params, profiles)
+    run_stage("sft-data", {"sft_data": stage.SftDataConfig}, [generated], [out, stats],
+              lambda cfg, log: stage.run(cfg, generated, out, stats, log), params, profiles)
 
 
 @app.command()

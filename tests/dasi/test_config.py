@@ -61,6 +61,7 @@ def test_every_profile_validates_every_section(tmp_path):
     from data_gen.generate import GenerateConfig
     from data_gen.seeds import SeedsConfig
     from data_gen.sft_data import SftDataConfig
+    from data_gen.teacher import TeachersConfig
     from evals.evaluate import EvaluateConfig
     from instruct.sft import SFTConfig
     from pretrain.export import ExportConfig
@@ -68,7 +69,7 @@ def test_every_profile_validates_every_section(tmp_path):
     from pretrain.pretrain_config import PretrainConfig
     from pretrain.tokenizer import TokenizerConfig
 
-    sections = {"seeds": SeedsConfig, "generate": GenerateConfig, "sft_data": SftDataConfig,
+    sections = {"teacher": TeachersConfig, "seeds": SeedsConfig, "generate": GenerateConfig, "sft_data": SftDataConfig,
                 "curate": CurateConfig, "tokenizer": TokenizerConfig, "pack": PackConfig,
                 "model": ModelConfig, "pretrain": PretrainConfig, "export": ExportConfig,
                 "sft": SFTConfig, "evaluate": EvaluateConfig, "release": ReleaseConfig,

