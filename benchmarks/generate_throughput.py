@@ -68,9 +68,9 @@ def raw(requests: Path, folder: Path, max_num_seqs: int) -> None:
     params = []
     for r in reqs:
         s = sampling_for(cfg, r)
-        params.append(SamplingParams(temperature=s["temperature"], top_p=s["top_p"],
-                                     repetition_penalty=s["repetition_penalty"], max_tokens=s["max_new_tokens"],
-                                     stop=s["stop"] or None, seed=s["seed"]))
+        params.append(SamplingParams(
+            temperature=s["temperature"], top_p=s["top_p"], repetition_penalty=s["repetition_penalty"],
+            max_tokens=s["max_new_tokens"], stop=s["stop"] or None, seed=s["seed"]))
     outs = llm.generate([TokensPrompt(prompt_token_ids=encode_request(tok, r)) for r in reqs], params,
                         use_tqdm=False)
     print(json.dumps({"tokens": sum(len(o.outputs[0].token_ids) for o in outs)}))
@@ -136,7 +136,8 @@ def main() -> None:
         "new_tokens": args.new_tokens, "device": torch.cuda.get_device_name(0) if torch.cuda.is_available()
         else f"cpu x{os.cpu_count()}", "raw_s": round(raw_t, 2), "stage_s": round(stage_t, 2),
         "raw_tokens": raw_tokens, "stage_tokens": stage_tokens,
-        "raw_tokens_per_s": round(raw_tokens / raw_t, 2), "stage_tokens_per_s": round(stage_tokens / stage_t, 2),
+        "raw_tokens_per_s": round(raw_tokens / raw_t, 2),
+        "stage_tokens_per_s": round(stage_tokens / stage_t, 2),
         "overhead": round(stage_t / raw_t - 1, 4), "repeat": args.repeat, "work_dir": str(work),
     }))
 

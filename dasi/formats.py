@@ -84,12 +84,12 @@ def file_metadata(path: Path, key: str) -> str | None:
 
 
 def write_parquet(path: Path, rows: list[dict[str, Any]], kind: str,
-                  extra: dict[str, str] | None = None) -> int:
-    """Atomically write ``rows`` as a ``kind`` Parquet file (``extra``: more file metadata);
-    returns the row count."""
+                  extra: dict[str, str] | None = None, row_group_size: int | None = None) -> int:
+    """Atomically write ``rows`` as a ``kind`` Parquet file (``extra``: more file metadata;
+    ``row_group_size``: rows per group, for readers that take a few rows); returns the row count."""
     table = to_table(rows, kind, extra)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size)
     return table.num_rows
 
 

@@ -17,13 +17,16 @@ finishes, and holds no more than those shards in memory; a kill loses only them.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import json
 import os
 import shutil
 import subprocess
 import time
-from collections import Counter, deque
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -137,6 +140,19 @@ def fingerprint_parts(cfg: GenerateConfig, requests_file: Path, work: list[Teach
     }
 
 
+def read_rows(parquet: pq.ParquetFile, rows: list[int]) -> list[dict]:
+    """Rows by index, reading only the row groups that hold them (seeds writes small groups)."""
+    meta = parquet.metadata
+    sizes = (meta.row_group(g).num_rows for g in range(meta.num_row_groups))
+    starts = list(itertools.accumulate(sizes, initial=0))
+    group_of = [bisect.bisect_right(starts, r) - 1 for r in rows]
+    groups = sorted(set(group_of))
+    base = dict(zip(groups, itertools.accumulate((starts[g + 1] - starts[g] for g in groups), initial=0),
+                    strict=False))
+    table = parquet.read_row_groups(groups)
+    return table.take([base[g] + r - starts[g] for r, g in zip(rows, group_of, strict=True)]).to_pylist()
+
+
 def shard_path(out_dir: Path, teacher: str, k: int) -> Path:
     return Path(out_dir) / teacher / f"shard-{k:05d}.parquet"
 
@@ -193,17 +209,21 @@ def record(req: dict, comp: Completion, sampling: dict, teacher: dict, engine: E
     }
 
 
-def generate_shards(engine: Engine, tokenizer, shards: list[tuple[int, list[dict]]], cfg: GenerateConfig,
+def generate_shards(engine: Engine, tokenizer, shards: Iterable[tuple[int, list[dict]]], cfg: GenerateConfig,
                     teacher: dict, out_dir: Path, task: int, progress=None) -> int:
     """Run ``shards`` (index, requests) through ``engine``, keeping at most INFLIGHT_SHARDS
     admitted; write each shard the moment its last request finishes. Returns tokens made."""
-    pending = deque(shards)
+    pending = iter(shards)
     inflight: dict[int, dict] = {}
     where: dict[str, tuple[int, int]] = {}
-    made = 0
-    while pending or inflight:
-        while pending and len(inflight) < INFLIGHT_SHARDS:
-            k, reqs = pending.popleft()
+    made, exhausted = 0, False
+    while not exhausted or inflight:
+        while not exhausted and len(inflight) < INFLIGHT_SHARDS:
+            nxt = next(pending, None)
+            if nxt is None:
+                exhausted = True
+                break
+            k, reqs = nxt
             inflight[k] = {"reqs": reqs, "out": [None] * len(reqs), "left": len(reqs), "t0": time.time()}
             for pos, req in enumerate(reqs):
                 where[req["request_id"]] = (k, pos)
@@ -243,18 +263,18 @@ class GenerationTask:
         mine = self.todo[rank::world_size]
         if not mine:
             return
-        table = pq.read_table(self.requests_file)
+        requests = pq.ParquetFile(self.requests_file)
         size = self.cfg.shard_size
 
-        def shard(k: int) -> tuple[int, list[dict]]:
-            rows = self.teacher.rows[k * size: (k + 1) * size]
-            return k, table.take(rows).to_pylist()
+        def shards():  # read lazily: only the shards in flight are in memory
+            for k in mine:
+                yield k, read_rows(requests, self.teacher.rows[k * size: (k + 1) * size])
 
         engine = VLLMEngine(self.teacher.folder, self.teacher.manifest["dtype"],
                             self.cfg.serving_for(self.teacher.name), self.cfg.max_num_seqs)
         n = sum(min(size, len(self.teacher.rows) - k * size) for k in mine)
         with tqdm(total=n, desc=f"generate {self.teacher.name} task {rank}", unit="req") as bar:
-            generate_shards(engine, engine.tokenizer, [shard(k) for k in mine], self.cfg,
+            generate_shards(engine, engine.tokenizer, shards(), self.cfg,
                             self.teacher.manifest, self.out_dir, rank, bar)
         del engine
         return
@@ -383,9 +403,9 @@ def log_shards(log, out_dir: Path, w: TeacherWork, shards: list[int], seconds: f
     for k in shards:
         stats = json.loads(file_metadata(shard_path(out_dir, w.name, k), "shard_stats") or "{}")
         tokens += stats.get("completion_tokens", 0)
-        made, seconds = stats.get("completion_tokens", 0), stats.get("seconds", 0)
-        log.log({f"{w.name}/shard_seconds": seconds, f"{w.name}/shard_tokens": made,
-                 f"{w.name}/shard_tokens_per_s": made / max(seconds, 1e-9)}, step=k)
+        made, took = stats.get("completion_tokens", 0), stats.get("seconds", 0)
+        log.log({f"{w.name}/shard_seconds": took, f"{w.name}/shard_tokens": made,
+                 f"{w.name}/shard_tokens_per_s": made / max(took, 1e-9)}, step=k)
     log.event("teacher_done", teacher=w.name, shards=len(shards), completion_tokens=tokens,
               seconds=round(seconds, 2), tokens_per_s=round(tokens / max(seconds, 1e-9), 2))
 

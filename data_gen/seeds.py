@@ -15,6 +15,8 @@ from data_gen.sources import SourceConfig, iter_documents
 from data_gen.teacher import TeachersConfig
 from data_gen.templates import TEMPLATES_DIR, Template, load_instructions, load_slots, load_templates
 
+REQUEST_ROW_GROUP = 1024
+
 
 class TemplateRoute(StrictModel):
     id: str = Field(description="a template id (data_gen/templates/<id>.yaml)")
@@ -100,7 +102,8 @@ def run(cfg: SeedsConfig, teachers: TeachersConfig, out_dir: Path, log) -> dict:
     docs = collect_documents(cfg)
     requests = build_requests(cfg, teachers, docs)
     write_parquet(out_dir / "documents.parquet", docs, "documents")
-    write_parquet(out_dir / "requests.parquet", requests, "requests")
+    # Small row groups: a generation task reads only the rows of the shards it runs.
+    write_parquet(out_dir / "requests.parquet", requests, "requests", row_group_size=REQUEST_ROW_GROUP)
     summary = {"documents": len(docs), "requests": len(requests)}
     for lang in sorted({d["lang"] for d in docs}):
         sel = [d for d in docs if d["lang"] == lang]

