@@ -65,8 +65,12 @@ def generate(requests: Path = Path("data/seeds/requests.parquet"), teachers: Pat
         typer.echo(stage.run(cfgs["generate"], requests, teachers, out, None, launcher=chosen,
                              logs_dir=logging.logs_dir, dry_run=True)["dry_run"])
         return
+    # The run log hashes the teachers' manifests (they hold every weights hash) and the output
+    # manifest (it holds every shard's hash), not the weights and shards again.
+    inputs = [requests, *sorted(teachers.glob("*/teacher.json"))]
+    outputs = [out / stage.MANIFEST_FILE, out / stage.CARD_FILE]
     try:
-        run_stage("generate", {"generate": stage.GenerateConfig}, [requests, teachers], [out],
+        run_stage("generate", {"generate": stage.GenerateConfig}, inputs, outputs,
                   lambda cfg, log: stage.run(cfg, requests, teachers, out, log, launcher=chosen,
                                              logs_dir=log.logging.logs_dir, restart=restart),
                   params, profiles)
