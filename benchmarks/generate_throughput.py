@@ -47,11 +47,13 @@ def write_requests(path: Path, teacher: str, kind: str, n: int, new_tokens: int)
 
 
 def raw(requests: Path, folder: Path, max_num_seqs: int) -> None:
-    """Child process: plain vLLM on the same inputs; prints its token count."""
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(SERVING["cpu_kv_cache_gib"]))
+    """Child process: plain vLLM on the same inputs and engine settings; prints its token count."""
     import pyarrow.parquet as pq
     import torch
+
+    if not torch.cuda.is_available():  # what the stage's engine does on CPU
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(SERVING["cpu_kv_cache_gib"]))
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 

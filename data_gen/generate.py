@@ -440,8 +440,8 @@ def write_manifest(out_dir: Path, work: list[TeacherWork], parts: dict) -> dict:
         "prompt_tokens": tokens["prompt"],
         "records_by": {k: dict(sorted(v.items())) for k, v in by.items()},
         "completion_tokens_by": {k: v for k, v in sorted(tokens.items()) if k != "prompt"},
-        "teachers": {w.name: {k: w.manifest[k] for k in ("id", "kind", "revision", "license",
-                                                         "license_file", "weights_hash")} for w in work},
+        "teachers": {w.name: {k: w.manifest[k] for k in ("id", "kind", "revision", "license", "license_file",
+                                                         "output_terms", "weights_hash")} for w in work},
     }
     write_json(out_dir / MANIFEST_FILE, manifest)
     by_lang = manifest["records_by"]["purpose_lang"]
@@ -470,8 +470,9 @@ def write_card(out_dir: Path, work: list[TeacherWork]) -> None:
         lic = t["license"] + (f" (`{t['license_file']}` in the teacher folder)" if t["license_file"] else "")
         lines.append(f"| {name} | {t['id']} | {t['kind']} | {t['revision']} | "
                      f"{m['records_by']['teacher'].get(name, 0)} | {lic} |")
-    lines += ["", "Outputs of a teacher are subject to that teacher's license terms. Every record carries "
-              "its teacher, revision, weights hash, engine version, template id and hash, sampling "
-              "parameters, seed, token counts and finish reason (schema `generated/2`).", ""]
+    lines += ["", "What each teacher's terms say about its outputs and about models trained on them:", ""]
+    lines += [f"- **{name}**: {t['output_terms']}" for name, t in m["teachers"].items()]
+    lines += ["", "Every record carries its teacher, revision, weights hash, engine version, template id and "
+              "hash, sampling parameters, seed, token counts and finish reason (schema `generated/2`).", ""]
     (out_dir / CARD_FILE).write_text("\n".join(lines), encoding="utf-8")
     os.utime(out_dir / CARD_FILE)

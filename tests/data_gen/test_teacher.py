@@ -53,7 +53,8 @@ def test_local_sharded_teacher_hashes_every_shard(teachers_dir, tmp_path):
     save_file({k: state[k] for k in names[: len(names) // 2]}, src / "model-00001-of-00002.safetensors")
     save_file({k: state[k] for k in names[len(names) // 2:]}, src / "model-00002-of-00002.safetensors")
     (src / "teacher.json").unlink()
-    spec = TeacherSpec(id="local/smollm2", kind="instruct", license="Apache-2.0", source={"path": str(src)})
+    spec = TeacherSpec(id="local/smollm2", kind="instruct", license="Apache-2.0", output_terms="-",
+                       source={"path": str(src)})
     m = build_teacher("local", spec, tmp_path / "out", EventLog())
     assert sorted(m["weights_sha256"]) == ["model-00001-of-00002.safetensors",
                                            "model-00002-of-00002.safetensors"]
@@ -77,6 +78,7 @@ def test_hub_teacher_loads_the_pinned_revision_from_the_cache(teachers_dir, tmp_
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     spec = TeacherSpec(id="org/smol", kind="instruct", license="Apache-2.0", license_file="LICENSE",
+                       output_terms="-",
                        source={"hub_id": "org/smol", "revision": rev})
     m = build_teacher("hub", spec, tmp_path / "out", EventLog())
     assert m["revision"] == rev and m["source"] == {"hub_id": "org/smol"}
