@@ -243,6 +243,8 @@ def generate_shards(engine: Engine, tokenizer, shards: Iterable[tuple[int, list[
                 write_parquet(shard_path(out_dir, teacher["name"], k), shard["out"], "generated",
                               extra={"shard_stats": json.dumps(stats)})
                 del inflight[k]
+        if inflight and not engine.has_unfinished():
+            raise RuntimeError(f"generate: the engine finished with {len(where)} requests unanswered")
     return made
 
 

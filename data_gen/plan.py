@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import Field, PositiveFloat, PositiveInt
 
-from dasi.config import validate_section
+from dasi.config import ConfigError, validate_section
 from dasi.model_config import ModelConfig
 from dasi.strict import StrictModel
 
@@ -31,7 +31,7 @@ def measured_rate(run_dir: Path, teacher: str) -> tuple[float, str]:
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line]
     done = [e for e in events if e["event"] == "teacher_done" and e["teacher"] == teacher]
     if not done:
-        raise ValueError(f"{run_dir}: no finished generation of teacher {teacher!r} in events.jsonl")
+        raise ConfigError(f"{run_dir}: no finished generation of teacher {teacher!r} in events.jsonl")
     cfg = json.loads((run_dir / "config.json").read_text())
     serving = cfg.get("serving", {}).get(teacher, {})
     devices = serving.get("tensor_parallel_size", 1) * serving.get("pipeline_parallel_size", 1)
@@ -48,7 +48,8 @@ def make_plan(tree: dict, measured: Path | None = None) -> dict:
 
     gen = validate_section("generate", tree["generate"], GenerateConfig)
     if gen.plan is None:
-        raise ValueError(f"profile {tree['profile']!r} has no generate.plan")
+        raise ConfigError(f"profile {tree['profile']!r} has no generate.plan (teacher, "
+                          "completion_tokens_per_request, tokens_per_s_per_gpu)")
     pre = validate_section("pretrain", tree["pretrain"], PretrainConfig)
     model = validate_section("model", tree["model"], ModelConfig)
     blend_ko = tree["pack"]["blend"]["ko"] / sum(tree["pack"]["blend"].values())

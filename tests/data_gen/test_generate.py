@@ -77,6 +77,13 @@ def test_generate_records_manifest_card_and_resume_rules(tmp_path, teachers_dir,
     assert "| pretrain/en | 4 |" in card and "- **smollm2**: none on outputs" in card
     metrics = read_jsonl(log.dir / "metrics.jsonl")
     assert len(metrics) == 3 and all(m["smollm2/shard_tokens"] > 0 for m in metrics)
+    # dasi plan generate --measured reads the rate from this run's log
+    from data_gen.plan import measured_rate
+
+    done = [e for e in read_jsonl(log.dir / "events.jsonl") if e["event"] == "teacher_done"][0]
+    assert done["completion_tokens"] == summary["completion_tokens"]
+    rate, source = measured_rate(log.dir, "smollm2")
+    assert rate == done["completion_tokens"] / done["seconds"] and "CPU" in source
 
     # Knobs that only change speed leave the work valid: nothing is regenerated.
     before = shard_files(out)
