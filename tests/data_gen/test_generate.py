@@ -144,6 +144,21 @@ def test_generation_survives_sigkill(tmp_path, teachers_dir):
     assert resume and resume[0]["shards_done"] == len(done)
 
 
+def test_two_local_tasks_run_as_two_processes(tmp_path, teachers_dir, runlog):
+    """tasks=2, workers=2: datatrove's local executor runs two vLLM replicas at once, task r
+    taking shards r, r+2, ...; together they answer every request once."""
+    req = requests_file(tmp_path / "requests.parquet", 8, max_new_tokens=8)
+    out = tmp_path / "gen"
+    with runlog("generate") as log:
+        run(cfg(tasks=2, workers=2, shard_size=2), req, teachers_dir, out, log,
+            logs_dir=str(tmp_path / "logs"))
+    rows = read_parquet(sorted(out.glob("*/shard-*.parquet")), "generated").to_pylist()
+    assert [r["request_id"] for r in rows] == [f"r{i:03d}" for i in range(8)]
+    assert [(r["shard"], r["task"]) for r in rows[::2]] == [(0, 0), (1, 1), (2, 0), (3, 1)]
+    assert sorted(p.name for p in (tmp_path / "logs" / "datatrove").glob("*/smollm2/logs/*")) == [
+        "task_00000.log", "task_00001.log"]
+
+
 def fake_teacher(root: Path, name: str, kind: str) -> None:
     (root / name).mkdir(parents=True)
     (root / name / "teacher.json").write_text(json.dumps({
