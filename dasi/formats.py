@@ -68,26 +68,17 @@ def format_tag(kind: str) -> str:
     return f"{kind}/{version}"
 
 
-def to_table(rows: list[dict[str, Any]], kind: str, extra: dict[str, str] | None = None) -> pa.Table:
+def to_table(rows: list[dict[str, Any]], kind: str) -> pa.Table:
     _, schema = SCHEMAS[kind]
     table = pa.Table.from_pylist(rows, schema=schema)
-    meta = {FORMAT_KEY: format_tag(kind).encode()}
-    meta.update({f"dasi.{k}".encode(): v.encode() for k, v in (extra or {}).items()})
-    return table.replace_schema_metadata(meta)
-
-
-def file_metadata(path: Path, key: str) -> str | None:
-    """A ``dasi.<key>`` entry that :func:`write_parquet` stored with ``extra``."""
-    meta = pq.read_schema(path).metadata or {}
-    value = meta.get(f"dasi.{key}".encode())
-    return None if value is None else value.decode()
+    return table.replace_schema_metadata({FORMAT_KEY: format_tag(kind).encode()})
 
 
 def write_parquet(path: Path, rows: list[dict[str, Any]], kind: str,
-                  extra: dict[str, str] | None = None, row_group_size: int | None = None) -> int:
-    """Atomically write ``rows`` as a ``kind`` Parquet file (``extra``: more file metadata;
-    ``row_group_size``: rows per group, for readers that take a few rows); returns the row count."""
-    table = to_table(rows, kind, extra)
+                  row_group_size: int | None = None) -> int:
+    """Atomically write ``rows`` as a ``kind`` Parquet file (``row_group_size``: rows per group,
+    for readers that take a few rows); returns the row count."""
+    table = to_table(rows, kind)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size)
     return table.num_rows

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, PositiveInt
 
 from dasi.atomic import write_json
-from dasi.formats import file_metadata, format_tag, read_parquet, write_parquet
+from dasi.formats import format_tag, read_parquet, write_parquet
 from dasi.provenance import sha256_file
 from dasi.resume import fingerprint
 from dasi.strict import StrictModel
@@ -210,9 +210,11 @@ def record(req: dict, comp: Completion, sampling: dict, teacher: dict, engine: E
 
 
 def generate_shards(engine: Engine, tokenizer, shards: Iterable[tuple[int, list[dict]]], cfg: GenerateConfig,
-                    teacher: dict, out_dir: Path, task: int, progress=None) -> int:
+                    teacher: dict, out_dir: Path, task: int, stats_dir: Path, progress=None) -> int:
     """Run ``shards`` (index, requests) through ``engine``, keeping at most INFLIGHT_SHARDS
-    admitted; write each shard the moment its last request finishes. Returns tokens made."""
+    admitted; write each shard the moment its last request finishes, and its timing to
+    ``stats_dir`` (kept out of the shard so that shards are bit-identical across runs).
+    Returns tokens made."""
     pending = iter(shards)
     inflight: dict[int, dict] = {}
     where: dict[str, tuple[int, int]] = {}
@@ -240,8 +242,8 @@ def generate_shards(engine: Engine, tokenizer, shards: Iterable[tuple[int, list[
             if shard["left"] == 0:
                 stats = {"task": task, "seconds": round(time.time() - shard["t0"], 3),
                          "completion_tokens": sum(r["completion_tokens"] for r in shard["out"])}
-                write_parquet(shard_path(out_dir, teacher["name"], k), shard["out"], "generated",
-                              extra={"shard_stats": json.dumps(stats)})
+                write_parquet(shard_path(out_dir, teacher["name"], k), shard["out"], "generated")
+                write_json(stats_path(stats_dir, k), stats)
                 del inflight[k]
         if inflight and not engine.has_unfinished():
             raise RuntimeError(f"generate: the engine finished with {len(where)} requests unanswered")
@@ -253,9 +255,9 @@ class GenerationTask:
     Picklable (datatrove's Slurm executor ships it to the array tasks with dill)."""
 
     def __init__(self, cfg: GenerateConfig, requests_file: Path, teacher: TeacherWork, out_dir: Path,
-                 todo: list[int]) -> None:
+                 todo: list[int], stats_dir: Path) -> None:
         self.cfg, self.requests_file, self.teacher = cfg, Path(requests_file).resolve(), teacher
-        self.out_dir, self.todo = Path(out_dir).resolve(), todo
+        self.out_dir, self.todo, self.stats_dir = Path(out_dir).resolve(), todo, Path(stats_dir).resolve()
 
     def __call__(self, data, rank: int = 0, world_size: int = 1):
         from tqdm import tqdm
@@ -277,7 +279,7 @@ class GenerationTask:
         n = sum(min(size, len(self.teacher.rows) - k * size) for k in mine)
         with tqdm(total=n, desc=f"generate {self.teacher.name} task {rank}", unit="req") as bar:
             generate_shards(engine, engine.tokenizer, shards(), self.cfg,
-                            self.teacher.manifest, self.out_dir, rank, bar)
+                            self.teacher.manifest, self.out_dir, rank, self.stats_dir, bar)
         del engine
         return
         yield  # a generator step in datatrove's pipeline
@@ -365,9 +367,10 @@ def run(cfg: GenerateConfig, requests_file: Path, teachers_dir: Path, out_dir: P
     if dry_run:
         scripts = []
         for w in work:
-            task = GenerationTask(cfg, requests_file, w, out_dir, list(range(w.shards)))
+            ddir = datatrove_dir(logs_dir, fp, w.name)
+            task = GenerationTask(cfg, requests_file, w, out_dir, list(range(w.shards)), ddir / "shards")
             tasks = min(cfg.tasks, w.shards)
-            ex = executor_for(cfg, launcher, task, tasks, datatrove_dir(logs_dir, fp, w.name))
+            ex = executor_for(cfg, launcher, task, tasks, ddir)
             scripts.append(slurm_script(ex, tasks) if launcher == "slurm" else
                            f"# {w.name}: LocalPipelineExecutor(tasks={tasks}, workers={ex.workers}), "
                            f"{w.shards} shards of {cfg.shard_size} requests")
@@ -381,7 +384,8 @@ def run(cfg: GenerateConfig, requests_file: Path, teachers_dir: Path, out_dir: P
             continue
         tasks = min(cfg.tasks, len(todo))
         ddir = datatrove_dir(logs_dir, fp, w.name)
-        ex = executor_for(cfg, launcher, GenerationTask(cfg, requests_file, w, out_dir, todo), tasks, ddir)
+        task = GenerationTask(cfg, requests_file, w, out_dir, todo, ddir / "shards")
+        ex = executor_for(cfg, launcher, task, tasks, ddir)
         log.event("launch", teacher=w.name, launcher=launcher, tasks=tasks, shards=len(todo),
                   datatrove_logs=str(ddir))
         t0 = time.time()
@@ -392,7 +396,7 @@ def run(cfg: GenerateConfig, requests_file: Path, teachers_dir: Path, out_dir: P
         if missing:
             raise RuntimeError(f"generate: {len(missing)} shards of {w.name} were not written "
                                f"(see {ddir})")
-        log_shards(log, out_dir, w, todo, time.time() - t0)
+        log_shards(log, ddir / "shards", w, todo, time.time() - t0)
     summary = write_manifest(out_dir, work, parts)
     write_card(out_dir, work)
     write_json(out_dir / STATE_FILE, {"fingerprint": fp, "parts": parts, "complete": True})
@@ -400,10 +404,14 @@ def run(cfg: GenerateConfig, requests_file: Path, teachers_dir: Path, out_dir: P
     return summary
 
 
-def log_shards(log, out_dir: Path, w: TeacherWork, shards: list[int], seconds: float) -> None:
+def stats_path(stats_dir: Path, k: int) -> Path:
+    return Path(stats_dir) / f"shard-{k:05d}.json"
+
+
+def log_shards(log, stats_dir: Path, w: TeacherWork, shards: list[int], seconds: float) -> None:
     tokens = 0
     for k in shards:
-        stats = json.loads(file_metadata(shard_path(out_dir, w.name, k), "shard_stats") or "{}")
+        stats = json.loads(stats_path(stats_dir, k).read_text())
         tokens += stats.get("completion_tokens", 0)
         made, took = stats.get("completion_tokens", 0), stats.get("seconds", 0)
         log.log({f"{w.name}/shard_seconds": took, f"{w.name}/shard_tokens": made,

@@ -85,6 +85,12 @@ def test_generate_records_manifest_card_and_resume_rules(tmp_path, teachers_dir,
     rate, source = measured_rate(log.dir, "smollm2")
     assert rate == done["completion_tokens"] / done["seconds"] and "CPU" in source
 
+    # Same inputs, a fresh folder: the same bytes (per-request seeds; timings live in the logs).
+    with runlog("generate") as log_again:
+        run(cfg(), req, teachers_dir, tmp_path / "again", log_again, logs_dir=str(tmp_path / "logs2"))
+    assert [sha256_file(p) for p in sorted((tmp_path / "again").glob("*/shard-*.parquet"))] == [
+        sha256_file(p) for p in sorted(out.glob("*/shard-*.parquet"))]
+
     # Knobs that only change speed leave the work valid: nothing is regenerated.
     before = shard_files(out)
     fast = cfg(tasks=3, workers=2, max_num_seqs=2, serving={"smollm2": {"max_model_len": 256}})
@@ -235,6 +241,7 @@ def test_tasks_read_only_their_rows_and_travel_to_slurm(tmp_path):
     assert f.metadata.num_row_groups == 4
     assert [r["request_id"] for r in read_rows(f, [4, 5, 9, 0])] == ["r004", "r005", "r009", "r000"]
     work = TeacherWork("smollm2", tmp_path, {"dtype": "bfloat16"}, list(range(10)), 4)
-    task = dill.loads(dill.dumps(GenerationTask(cfg(), tmp_path / "small.parquet", work, tmp_path, [1, 3])))
+    task = GenerationTask(cfg(), tmp_path / "small.parquet", work, tmp_path, [1, 3], tmp_path / "stats")
+    task = dill.loads(dill.dumps(task))
     assert task.todo == [1, 3] and task.teacher.rows == list(range(10))
     assert task.cfg == cfg()
