@@ -54,10 +54,11 @@ def raw(requests: Path, folder: Path, max_num_seqs: int) -> None:
     if not torch.cuda.is_available():  # what the stage's engine does on CPU
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(SERVING["cpu_kv_cache_gib"]))
-    from vllm import LLM, SamplingParams
+    from vllm import LLM
     from vllm.inputs import TokensPrompt
 
     from data_gen.engines.base import encode_request
+    from data_gen.engines.vllm_engine import sampling_params
     from data_gen.generate import SamplingConfig, sampling_for
     from data_gen.teacher import read_manifest
 
@@ -67,12 +68,7 @@ def raw(requests: Path, folder: Path, max_num_seqs: int) -> None:
     tok = llm.get_tokenizer()
     reqs = pq.read_table(requests).to_pylist()
     cfg = SamplingConfig(**SAMPLING)
-    params = []
-    for r in reqs:
-        s = sampling_for(cfg, r)
-        params.append(SamplingParams(
-            temperature=s["temperature"], top_p=s["top_p"], repetition_penalty=s["repetition_penalty"],
-            max_tokens=s["max_new_tokens"], stop=s["stop"] or None, seed=s["seed"]))
+    params = [sampling_params(sampling_for(cfg, r)) for r in reqs]
     outs = llm.generate([TokensPrompt(prompt_token_ids=encode_request(tok, r)) for r in reqs], params,
                         use_tqdm=False)
     print(json.dumps({"tokens": sum(len(o.outputs[0].token_ids) for o in outs)}))

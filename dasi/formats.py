@@ -84,15 +84,24 @@ def write_parquet(path: Path, rows: list[dict[str, Any]], kind: str,
     return table.num_rows
 
 
+def _check_schema(path: Path, schema: pa.Schema, kind: str) -> None:
+    found = (schema.metadata or {}).get(FORMAT_KEY, b"<none>").decode()
+    if found != format_tag(kind):
+        raise FormatError(f"{path}: format {found!r}, expected {format_tag(kind)!r}")
+
+
+def check_format(path: Path, kind: str) -> None:
+    """Refuse a file of another format or version, reading only its schema."""
+    _check_schema(path, pq.read_schema(path), kind)
+
+
 def read_parquet(path: Path | list[Path], kind: str) -> pa.Table:
     """Read one file or several shards of ``kind``, refusing other formats or versions."""
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     tables = []
     for p in paths:
         table = pq.read_table(p)
-        found = (table.schema.metadata or {}).get(FORMAT_KEY, b"<none>").decode()
-        if found != format_tag(kind):
-            raise FormatError(f"{p}: format {found!r}, expected {format_tag(kind)!r}")
+        _check_schema(p, table.schema, kind)
         tables.append(table)
     if not tables:
         return to_table([], kind)

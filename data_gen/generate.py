@@ -21,7 +21,6 @@ import bisect
 import hashlib
 import itertools
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -35,7 +34,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, PositiveInt
 
 from dasi.atomic import write_json
-from dasi.formats import format_tag, read_parquet, write_parquet
+from dasi.formats import check_format, format_tag, write_parquet
 from dasi.provenance import sha256_file
 from dasi.resume import fingerprint
 from dasi.strict import StrictModel
@@ -210,15 +209,14 @@ def record(req: dict, comp: Completion, sampling: dict, teacher: dict, engine: E
 
 
 def generate_shards(engine: Engine, tokenizer, shards: Iterable[tuple[int, list[dict]]], cfg: GenerateConfig,
-                    teacher: dict, out_dir: Path, task: int, stats_dir: Path, progress=None) -> int:
+                    teacher: dict, out_dir: Path, task: int, stats_dir: Path, progress=None) -> None:
     """Run ``shards`` (index, requests) through ``engine``, keeping at most INFLIGHT_SHARDS
     admitted; write each shard the moment its last request finishes, and its timing to
-    ``stats_dir`` (kept out of the shard so that shards are bit-identical across runs).
-    Returns tokens made."""
+    ``stats_dir`` (kept out of the shard so that shards are bit-identical across runs)."""
     pending = iter(shards)
     inflight: dict[int, dict] = {}
     where: dict[str, tuple[int, int]] = {}
-    made, exhausted = 0, False
+    exhausted = False
     while not exhausted or inflight:
         while not exhausted and len(inflight) < INFLIGHT_SHARDS:
             nxt = next(pending, None)
@@ -226,17 +224,18 @@ def generate_shards(engine: Engine, tokenizer, shards: Iterable[tuple[int, list[
                 exhausted = True
                 break
             k, reqs = nxt
-            inflight[k] = {"reqs": reqs, "out": [None] * len(reqs), "left": len(reqs), "t0": time.time()}
+            sampling = [sampling_for(cfg.sampling, req) for req in reqs]
+            inflight[k] = {"reqs": reqs, "sampling": sampling, "out": [None] * len(reqs), "left": len(reqs),
+                           "t0": time.time()}
             for pos, req in enumerate(reqs):
                 where[req["request_id"]] = (k, pos)
-                engine.add(req["request_id"], encode_request(tokenizer, req), sampling_for(cfg.sampling, req))
+                engine.add(req["request_id"], encode_request(tokenizer, req), sampling[pos])
         for rid, comp in engine.step():
             k, pos = where.pop(rid)
             shard = inflight[k]
-            req = shard["reqs"][pos]
-            shard["out"][pos] = record(req, comp, sampling_for(cfg.sampling, req), teacher, engine, task, k)
+            shard["out"][pos] = record(shard["reqs"][pos], comp, shard["sampling"][pos], teacher, engine,
+                                       task, k)
             shard["left"] -= 1
-            made += comp.completion_tokens
             if progress is not None:
                 progress.update(1)
             if shard["left"] == 0:
@@ -247,7 +246,6 @@ def generate_shards(engine: Engine, tokenizer, shards: Iterable[tuple[int, list[
                 del inflight[k]
         if inflight and not engine.has_unfinished():
             raise RuntimeError(f"generate: the engine finished with {len(where)} requests unanswered")
-    return made
 
 
 class GenerationTask:
@@ -343,8 +341,8 @@ def wait_for_slurm(job_id: str, poll: int) -> None:
 
 # -- the stage -----------------------------------------------------------------------------
 
-def todo_shards(out_dir: Path, w: TeacherWork, requests_file: Path, shard_size: int) -> list[int]:
-    ids = pq.read_table(requests_file, columns=["request_id"]).column("request_id").to_pylist()
+def todo_shards(out_dir: Path, w: TeacherWork, ids: list[str], shard_size: int) -> list[int]:
+    """Shards of ``w`` not yet written (``ids``: the request ids of the requests file)."""
     todo = []
     for k in range(w.shards):
         expected = [ids[i] for i in w.rows[k * shard_size: (k + 1) * shard_size]]
@@ -359,7 +357,7 @@ def run(cfg: GenerateConfig, requests_file: Path, teachers_dir: Path, out_dir: P
     from data_gen.engines.vllm_engine import vllm_distribution
 
     out_dir = Path(out_dir)
-    read_parquet(requests_file, "requests")  # refuses another format before any work
+    check_format(requests_file, "requests")  # refuses another format before any work
     work = plan(requests_file, teachers_dir, cfg.shard_size)
     dist, version = vllm_distribution()
     parts = fingerprint_parts(cfg, requests_file, work, f"{ENGINE}:{dist}=={version}")
@@ -376,8 +374,9 @@ def run(cfg: GenerateConfig, requests_file: Path, teachers_dir: Path, out_dir: P
                            f"{w.shards} shards of {cfg.shard_size} requests")
         return {"dry_run": "\n".join(scripts)}
     check_state(out_dir, parts, restart, log)
+    ids = pq.read_table(requests_file, columns=["request_id"]).column("request_id").to_pylist()
     for w in work:
-        todo = todo_shards(out_dir, w, requests_file, cfg.shard_size)
+        todo = todo_shards(out_dir, w, ids, cfg.shard_size)
         if len(todo) < w.shards:
             log.event("resume", teacher=w.name, shards_done=w.shards - len(todo), shards_total=w.shards)
         if not todo:
@@ -392,13 +391,17 @@ def run(cfg: GenerateConfig, requests_file: Path, teachers_dir: Path, out_dir: P
         ex.run()
         if launcher == "slurm":
             wait_for_slurm(ex.job_id, cfg.slurm.poll_seconds)
-        missing = todo_shards(out_dir, w, requests_file, cfg.shard_size)
+        missing = todo_shards(out_dir, w, ids, cfg.shard_size)
         if missing:
             raise RuntimeError(f"generate: {len(missing)} shards of {w.name} were not written "
                                f"(see {ddir})")
         log_shards(log, ddir / "shards", w, todo, time.time() - t0)
-    summary = write_manifest(out_dir, work, parts)
-    write_card(out_dir, work)
+    manifest = write_manifest(out_dir, work, parts)
+    write_card(out_dir, manifest)
+    by_lang = manifest["records_by"]["purpose_lang"]
+    summary = {"records": manifest["records"], "completion_tokens": manifest["completion_tokens"],
+               **{f"records_{k.replace('/', '_')}": v for k, v in by_lang.items()},
+               **{f"finish_{k}": v for k, v in manifest["records_by"]["finish_reason"].items()}}
     write_json(out_dir / STATE_FILE, {"fingerprint": fp, "parts": parts, "complete": True})
     log.summary(summary)
     return summary
@@ -412,8 +415,8 @@ def log_shards(log, stats_dir: Path, w: TeacherWork, shards: list[int], seconds:
     tokens = 0
     for k in shards:
         stats = json.loads(stats_path(stats_dir, k).read_text())
-        tokens += stats.get("completion_tokens", 0)
-        made, took = stats.get("completion_tokens", 0), stats.get("seconds", 0)
+        made, took = stats["completion_tokens"], stats["seconds"]
+        tokens += made
         log.log({f"{w.name}/shard_seconds": took, f"{w.name}/shard_tokens": made,
                  f"{w.name}/shard_tokens_per_s": made / max(took, 1e-9)}, step=k)
     log.event("teacher_done", teacher=w.name, shards=len(shards), completion_tokens=tokens,
@@ -454,15 +457,11 @@ def write_manifest(out_dir: Path, work: list[TeacherWork], parts: dict) -> dict:
                                                          "output_terms", "weights_hash")} for w in work},
     }
     write_json(out_dir / MANIFEST_FILE, manifest)
-    by_lang = manifest["records_by"]["purpose_lang"]
-    return {"records": manifest["records"], "completion_tokens": manifest["completion_tokens"],
-            **{f"records_{k.replace('/', '_')}": v for k, v in by_lang.items()},
-            **{f"finish_{k}": v for k, v in manifest["records_by"]["finish_reason"].items()}}
+    return manifest
 
 
-def write_card(out_dir: Path, work: list[TeacherWork]) -> None:
+def write_card(out_dir: Path, m: dict) -> None:
     """The dataset card, written from the manifest (nothing canned)."""
-    m = json.loads((out_dir / MANIFEST_FILE).read_text())
     lines = ["# Synthetic data generated by dasi", "",
              f"{m['records']} records, {m['completion_tokens']:,} completion tokens "
              f"({m['prompt_tokens']:,} prompt tokens), in {len(m['shards'])} shards. "
@@ -485,4 +484,3 @@ def write_card(out_dir: Path, work: list[TeacherWork]) -> None:
     lines += ["", "Every record carries its teacher, revision, weights hash, engine version, template id and "
               "hash, sampling parameters, seed, token counts and finish reason (schema `generated/2`).", ""]
     (out_dir / CARD_FILE).write_text("\n".join(lines), encoding="utf-8")
-    os.utime(out_dir / CARD_FILE)

