@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, PositiveInt
 
 from dasi.atomic import write_json
+from dasi.config import ConfigError
 from dasi.formats import check_format, format_tag, write_parquet
 from dasi.provenance import sha256_file
 from dasi.resume import fingerprint
@@ -302,7 +303,7 @@ def executor_for(cfg: GenerateConfig, launcher: Launcher, task: GenerationTask, 
         return LocalPipelineExecutor(pipeline=[task], tasks=tasks, workers=min(cfg.workers, tasks),
                                      logging_dir=str(logging_dir), skip_completed=False)
     if cfg.slurm is None:
-        raise ValueError("generate.slurm: needed for launcher slurm (partition, time, ...)")
+        raise ConfigError("generate.slurm: needed for launcher slurm (partition, time, ...)")
     from datatrove.executor import SlurmPipelineExecutor
 
     serving = cfg.serving_for(task.teacher.name)

@@ -204,6 +204,17 @@ def test_kormo_slurm_dry_run_prints_the_array_script(tmp_path):
         assert "srun -l -n 1 launch_pickled_pipeline" in script
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
 
+    # A profile without generate.slurm is refused with one line.
+    (tmp_path / "tiny.yaml").write_text("profile: tiny\n")
+    bad = subprocess.run(
+        [sys.executable, "-m", "dasi.cli", "generate", "--dry-run", "--launcher", "slurm",
+         "--requests", str(req), "--teachers", str(teachers), "--params", str(tmp_path / "tiny.yaml"),
+         "--profiles", str(REPO / "configs")],
+        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1] == (
+        "dasi: config error: generate.slurm: needed for launcher slurm (partition, time, ...)")
+
 
 def test_vllm_agrees_with_transformers_greedy(teachers_dir):
     """vLLM on the converted folder and the transformers oracle pick the same greedy tokens."""
