@@ -21,6 +21,16 @@ ParamsOpt = Annotated[Path, typer.Option(help="params file (selects the profile,
 ProfilesOpt = Annotated[Path, typer.Option(help="folder of profiles")]
 
 
+@app.command("config")
+def config_cmd(out: Path = Path("data/config"), params: ParamsOpt = Path("params.yaml"),
+               profiles: ProfilesOpt = Path("configs")) -> None:
+    """Validate every section of the profile and write each one resolved (the DAG's first stage)."""
+    from dasi.sections import write_sections
+
+    summary = write_sections(out, params, profiles)
+    typer.echo(f"config: profile {summary['profile']}: {len(summary['sections'])} sections valid -> {out}")
+
+
 @app.command()
 def teacher(out: Path = Path("data/teachers"), params: ParamsOpt = Path("params.yaml"),
             profiles: ProfilesOpt = Path("configs")) -> None:
@@ -302,6 +312,9 @@ def logs_plot(run_dirs: Annotated[list[Path], typer.Argument(help="run folders")
 
 
 def main() -> None:
+    from dasi.determinism import pin_cpu_kernels
+
+    pin_cpu_kernels()  # before any stage imports torch
     try:
         app()
     except ConfigError as e:

@@ -295,6 +295,11 @@ def datatrove_dir(logs_dir: str, fp: str, teacher: str) -> Path:
     return Path(logs_dir) / "datatrove" / f"generate-{fp[:12]}" / teacher
 
 
+def check_slurm_section(cfg: GenerateConfig, launcher: str) -> None:
+    if launcher == "slurm" and cfg.slurm is None:
+        raise ConfigError("generate.slurm: needed for launcher slurm (partition, time, ...)")
+
+
 def executor_for(cfg: GenerateConfig, launcher: Launcher, task: GenerationTask, tasks: int,
                  logging_dir: Path):
     if launcher == "local":
@@ -302,8 +307,7 @@ def executor_for(cfg: GenerateConfig, launcher: Launcher, task: GenerationTask, 
 
         return LocalPipelineExecutor(pipeline=[task], tasks=tasks, workers=min(cfg.workers, tasks),
                                      logging_dir=str(logging_dir), skip_completed=False)
-    if cfg.slurm is None:
-        raise ConfigError("generate.slurm: needed for launcher slurm (partition, time, ...)")
+    check_slurm_section(cfg, launcher)
     from datatrove.executor import SlurmPipelineExecutor
 
     serving = cfg.serving_for(task.teacher.name)

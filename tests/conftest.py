@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from dasi.determinism import pin_cpu_kernels
+
+pin_cpu_kernels()  # as `dasi` does, before any test imports torch
+
 # Tests never touch the user's caches: Hugging Face and matplotlib write into a private folder.
 _CACHE = Path(tempfile.mkdtemp(prefix="dasi-tests-cache-"))
 os.environ["HF_HOME"] = str(_CACHE / "hf")

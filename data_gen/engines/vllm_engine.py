@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import Field, PositiveInt
 
+from dasi.determinism import pin_vllm_cpu_isa
 from dasi.strict import StrictModel
 from data_gen.engines.base import Completion
 
@@ -58,9 +59,13 @@ class VLLMEngine:
         import torch
 
         cuda = torch.cuda.is_available()
+        self.isa_pinned = False
         if not cuda:
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(spec.cpu_kv_cache_gib))
+            # Same kernels on every x86 host (see dasi.determinism); True if this host had to
+            # be told (it has AVX-512), which the run log records.
+            self.isa_pinned = pin_vllm_cpu_isa()
         from vllm import LLM
 
         dist, version = vllm_distribution()

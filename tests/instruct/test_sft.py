@@ -72,9 +72,7 @@ def test_sft_run_lowers_heldout_loss_saves_a_loadable_model_and_is_deterministic
     assert digests(out) == digests(out2)  # every file of the model folder is byte-identical
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
             "tokenizer_config.json", "chat_template.jinja", "dasi_sft.json"} == set(digests(out))
-    drop = {"wall_s"}
-    assert {k: v for k, v in metrics.items() if k not in drop} == \
-        {k: v for k, v in metrics2.items() if k not in drop}
+    assert metrics == metrics2  # no timings in the metrics file: it is hashed into dvc.lock
 
     # the run log mirrors trainer logs and the held-out losses
     records = read_jsonl(logdir / "metrics.jsonl")
