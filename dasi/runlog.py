@@ -2,6 +2,8 @@
 
 Files in a run folder:
   run.json       format version, stage, run id, profile, command line, start/end, status
+                 (running, ok, failed, interrupted, or died: set by the next run of the stage
+                 when the process of a "running" run on this host is gone)
   config.json    the stage's resolved, validated config
   env.json       Python, packages, git commit + dirty flag, host, CPU/GPU
   inputs.json    sha256 of every input file/folder at start
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -53,6 +56,64 @@ def new_run_id(config_json: str) -> str:
     return f"{stamp}-{sha256_text(config_json)[:8]}"
 
 
+class Terminated(BaseException):
+    """SIGTERM (Slurm's time limit, ``kill``) raised inside the run, so that it is recorded."""
+
+
+def _terminate_as_exception():
+    """In the main thread, turn SIGTERM into :class:`Terminated`; returns the old handler."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise Terminated(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def this_process() -> dict[str, Any]:
+    """Enough to tell later whether this process is still alive (a pid alone can be reused)."""
+    import socket
+
+    import psutil
+
+    return {"host": socket.gethostname(), "pid": os.getpid(),
+            "create_time": psutil.Process().create_time()}
+
+
+def _alive(proc: dict[str, Any]) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(proc["pid"]).create_time() == proc["create_time"]
+    except (psutil.NoSuchProcess, psutil.AccessDenied, KeyError):
+        return False
+
+
+def mark_dead_runs(stage_dir: Path, by: str) -> list[str]:
+    """Runs of this stage still saying ``running`` whose process on this host is gone (killed,
+    out of memory, machine reset) get ``status: died``; returns their ids. Runs of other hosts
+    are left alone: from here nothing tells whether they still run."""
+    import socket
+
+    host, dead = socket.gethostname(), []
+    for run_file in sorted(Path(stage_dir).glob("*/run.json")):
+        try:
+            run = json.loads(run_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        proc = run.get("process") or {}
+        if run.get("status") != "running" or run.get("run_id") == by or proc.get("host") != host:
+            continue
+        if not _alive(proc):
+            run.update(status="died", died_noticed_by=by, died_noticed_at=datetime.now(UTC).isoformat())
+            write_json(run_file, run)
+            dead.append(run["run_id"])
+    return dead
+
+
 class RunLog:
     """A context manager around one stage run; see the module docstring for the files it writes."""
 
@@ -81,6 +142,7 @@ class RunLog:
         self._tb = None
         self._t0 = time.time()
         self._run: dict[str, Any] = {}
+        self._sigterm = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> RunLog:
@@ -101,22 +163,29 @@ class RunLog:
             "cwd": os.getcwd(),
             "started": datetime.now(UTC).isoformat(),
             "status": "running",
+            "process": this_process(),
         }
         write_json(self.dir / "run.json", self._run)
+        for dead in mark_dead_runs(self.dir.parent, self.run_id):
+            self.event("previous_run_died", run_id=dead)
         write_json(self.dir / "config.json", self.config)
         write_json(self.dir / "env.json", environment())
         write_json(self.dir / "inputs.json", hash_paths(self.inputs))
         self._start_mirrors()
+        self._sigterm = _terminate_as_exception()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.rank != 0:
             return
+        if self._sigterm is not None:
+            signal.signal(signal.SIGTERM, self._sigterm)
         ok = exc_type is None
         if ok:
             write_json(self.dir / "outputs.json", hash_paths(self.outputs))
         self._run.update(
-            status="ok" if ok else ("interrupted" if exc_type is KeyboardInterrupt else "failed"),
+            status="ok" if ok else {KeyboardInterrupt: "interrupted", Terminated: "terminated"}.get(
+                exc_type, "failed"),
             ended=datetime.now(UTC).isoformat(),
             elapsed_s=round(time.time() - self._t0, 3),
         )

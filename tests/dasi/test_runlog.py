@@ -1,8 +1,11 @@
 import json
+import os
+import sys
 
 import pytest
 
 from dasi.runlog import LoggingConfig, RunLog, read_jsonl
+from tests.conftest import REPO
 
 
 def test_run_folder_has_every_file(tmp_path):
@@ -63,3 +66,49 @@ def test_show_compare_and_plot(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="no 'grad_norm'"):
         plot(dirs, "grad_norm", tmp_path / "x.png")
+
+
+RUN_FOREVER = """
+import sys, time
+from dasi.runlog import LoggingConfig, RunLog
+with RunLog("probe", {}, logging=LoggingConfig(logs_dir=sys.argv[1], wandb=False, tensorboard=False)):
+    print("started", flush=True)
+    time.sleep(600)
+"""
+
+
+def start_probe(logs, tmp_path):
+    import subprocess
+
+    script = tmp_path / "probe.py"
+    script.write_text(RUN_FOREVER)
+    proc = subprocess.Popen([sys.executable, str(script), str(logs)], stdout=subprocess.PIPE, text=True,
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.stdout.readline().strip() == "started"
+    return proc
+
+
+def test_a_killed_run_is_marked_died_by_the_next_run(tmp_path):
+    import signal
+
+    logs = tmp_path / "logs"
+    proc = start_probe(logs, tmp_path)
+    (killed,) = list((logs / "probe").glob("*/run.json"))
+    assert json.loads(killed.read_text())["status"] == "running"
+    live = start_probe(logs, tmp_path)  # a run still going is not touched
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    quiet = LoggingConfig(logs_dir=str(logs), wandb=False, tensorboard=False)
+    with RunLog("probe", {}, logging=quiet) as log:
+        pass
+    run = json.loads(killed.read_text())
+    assert run["status"] == "died" and run["died_noticed_by"] == log.run_id
+    events = read_jsonl(log.dir / "events.jsonl")
+    assert [e["run_id"] for e in events if e["event"] == "previous_run_died"] == [run["run_id"]]
+    statuses = sorted(json.loads(p.read_text())["status"] for p in (logs / "probe").glob("*/run.json"))
+    assert statuses == ["died", "ok", "running"]
+    # SIGTERM (Slurm's time limit) ends the run with its status written
+    live.send_signal(signal.SIGTERM)
+    live.wait()
+    statuses = sorted(json.loads(p.read_text())["status"] for p in (logs / "probe").glob("*/run.json"))
+    assert statuses == ["died", "ok", "terminated"]
