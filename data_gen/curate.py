@@ -21,6 +21,7 @@ from dasi.formats import read_parquet, write_parquet
 from dasi.splits import heldout_split
 from dasi.strict import StrictModel
 from data_gen.filters import duplicate_line_fraction, hangul_ratio, normalized_hash, top_ngram_fraction
+from data_gen.generated import verified_shards
 
 Lang = Literal["ko", "en", "code"]
 
@@ -68,7 +69,7 @@ def synthetic_docs(generated_dir: Path) -> list[dict]:
     """Generated documents (``purpose == pretrain``); the teacher's raw completion is dropped
     from the provenance since ``text`` holds it."""
     docs = []
-    for shard in sorted(Path(generated_dir).glob("*/shard-*.parquet")):
+    for shard in verified_shards(generated_dir):
         table = read_parquet(shard, "generated").filter(pc.field("purpose") == "pretrain")
         docs.extend(synthetic_doc(r) for r in table.to_pylist())
     return docs

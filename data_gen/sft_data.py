@@ -18,6 +18,7 @@ from dasi.atomic import write_json
 from dasi.formats import write_parquet
 from dasi.strict import StrictModel
 from data_gen.filters import hangul_ratio, top_ngram_fraction
+from data_gen.generated import verified_shards
 from data_gen.templates import TEMPLATES_DIR, load_instructions
 
 
@@ -44,7 +45,7 @@ def answer_problem(row: dict, cfg: SftDataConfig) -> str | None:
 
 def sft_rows(generated_dir: Path):
     """Generated records with ``purpose == sft``, shard by shard."""
-    for path in sorted(Path(generated_dir).glob("*/shard-*.parquet")):
+    for path in verified_shards(generated_dir):
         table = pq.read_table(path, filters=[("purpose", "=", "sft")])
         yield from table.to_pylist()
 

@@ -17,6 +17,25 @@ SMOLLM2 = TeacherSpec(
 )
 
 
+def write_generated(gen_dir: Path, shards: dict[str, list[dict]]) -> list[Path]:
+    """Shards (``teacher/shard-00000.parquet`` -> rows) plus the manifest listing them, as
+    ``generate`` leaves its output folder; readers accept only listed, unchanged shards."""
+    import json
+
+    from dasi.formats import write_parquet
+    from dasi.provenance import sha256_file
+
+    paths = []
+    for rel, rows in shards.items():
+        write_parquet(gen_dir / rel, rows, "generated")
+        paths.append(gen_dir / rel)
+    listed = [{"file": rel, "rows": len(rows), "sha256": sha256_file(gen_dir / rel)}
+              for rel, rows in shards.items()]
+    manifest = {"format": "generated-manifest/2", "shards": listed}
+    (gen_dir / "_manifest.json").write_text(json.dumps(manifest))
+    return paths
+
+
 class EventLog:
     """Collects events like a RunLog does, for code that only logs events."""
 

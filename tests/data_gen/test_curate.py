@@ -2,6 +2,7 @@ import json
 
 from dasi.formats import read_parquet, write_parquet
 from data_gen.curate import CurateConfig, run
+from tests.data_gen.conftest import write_generated
 
 
 def test_curate_counts_every_drop_and_keeps_provenance(tmp_path, natural_docs, runlog):
@@ -23,7 +24,7 @@ def test_curate_counts_every_drop_and_keeps_provenance(tmp_path, natural_docs, r
         dict(base, request_id="sft-ko", lang="ko", purpose="sft", text="헌법은 나라의 기본 법입니다. " * 3),
     ]
     rows = [dict(r, completion=r["text"]) for r in rows]
-    write_parquet(gen / "t" / "shard-00000.parquet", rows, "generated")
+    write_generated(gen, {"t/shard-00000.parquet": rows})
     out, stats_file = tmp_path / "curated.parquet", tmp_path / "stats.json"
     with runlog("curate") as log:
         stats = run(CurateConfig(min_chars=20), seeds, gen, out, stats_file, log)

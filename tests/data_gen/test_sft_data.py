@@ -1,8 +1,8 @@
 import json
 
-from dasi.formats import write_parquet
 from data_gen.sft_data import SftDataConfig, answer_problem, run
 from instruct.chats import read_chats
+from tests.data_gen.conftest import write_generated
 
 
 def row(lang: str, completion: str, **kw) -> dict:
@@ -36,7 +36,7 @@ def test_teacher_answers_become_chats_with_provenance(tmp_path, runlog):
              completion="문서입니다. " * 10),
     ]
     rows = [dict(r, text=r["completion"]) for r in rows]
-    write_parquet(tmp_path / "gen" / "g" / "shard-00000.parquet", rows, "generated")
+    write_generated(tmp_path / "gen", {"g/shard-00000.parquet": rows})
     out, stats_file = tmp_path / "chats.parquet", tmp_path / "stats.json"
     with runlog("sft-data") as log:
         stats = run(SftDataConfig(), tmp_path / "gen", out, stats_file, log)

