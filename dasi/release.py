@@ -11,12 +11,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import Field
 
 from dasi.atomic import atomic_path
 from dasi.model_config import ModelConfig, parameter_count
 from dasi.nested import flatten
 from dasi.provenance import sha256_file
+from dasi.stage import MissingInputs
 from dasi.strict import StrictModel
 
 
@@ -27,7 +29,19 @@ class ReleaseConfig(StrictModel):
 
 
 def read_metrics(files: list[Path]) -> dict[str, Any]:
-    return {Path(f).stem: json.loads(Path(f).read_text()) for f in files if Path(f).exists()}
+    """Every metrics file; a missing one stops the release (a card without it would be wrong)."""
+    missing = [str(f) for f in files if not Path(f).is_file()]
+    if missing:
+        raise MissingInputs(f"release: missing metrics {missing} (run the earlier stages first)")
+    return {Path(f).stem: json.loads(Path(f).read_text()) for f in files}
+
+
+def upstream_lock(lock_file: Path) -> str:
+    """``dvc.lock`` without the release stage's own entry: that entry hashes this copy, so
+    keeping it would make every release differ from the last one made from the same data."""
+    lock = yaml.safe_load(Path(lock_file).read_text())
+    lock.get("stages", {}).pop("release", None)
+    return yaml.safe_dump(lock, sort_keys=False, allow_unicode=True)
 
 
 def results_table(metrics: dict[str, Any]) -> str:
@@ -132,7 +146,7 @@ def run(cfg: ReleaseConfig, model: ModelConfig, profile: str, models: dict[str, 
         with atomic_path(out_dir / "models" / name) as tmp:
             shutil.copytree(src, tmp)
     (out_dir / "results.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
-    shutil.copy2(lock_file, out_dir / "dvc.lock")
+    (out_dir / "dvc.lock").write_text(upstream_lock(lock_file))
     (out_dir / "README.md").write_text(model_card(cfg, model, profile, metrics), encoding="utf-8")
     sums = write_checksums(out_dir)
     summary = {"release": cfg.name, "files": len(sums.read_text().splitlines()),

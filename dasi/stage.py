@@ -12,6 +12,10 @@ from dasi.config import PARAMS_FILE, PROFILES_DIR, ConfigError, resolve_params, 
 from dasi.runlog import LoggingConfig, RunLog
 
 
+class MissingInputs(FileNotFoundError):
+    """A stage's input is not there (an earlier stage has not run): one line for the user."""
+
+
 def load_sections(sections: dict[str, type[BaseModel]], params: Path = PARAMS_FILE,
                   profiles: Path = PROFILES_DIR) -> tuple[dict[str, BaseModel], LoggingConfig, str]:
     """Validated configs for ``sections``, the logging config and the profile name."""
@@ -39,7 +43,7 @@ def run_stage(stage: str, sections: dict[str, type[BaseModel]], inputs: list[Pat
     cfgs, logging, profile = load_sections(sections, params, profiles)
     missing = [str(p) for p in inputs if not Path(p).exists()]
     if missing:
-        raise FileNotFoundError(f"{stage}: missing inputs {missing} (run the earlier stages first)")
+        raise MissingInputs(f"{stage}: missing inputs {missing} (run the earlier stages first)")
     logged = {k: v.model_dump(mode="json") for k, v in cfgs.items()}
     logged = logged[stage] if list(logged) == [stage] else logged
     with RunLog(stage, logged, inputs, outputs, logging, profile=profile, rank=rank) as log:

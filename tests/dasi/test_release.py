@@ -16,13 +16,12 @@ def test_release_folder_card_and_checksums(tmp_path, tiny_model, runlog):
     (metrics / "curate.json").write_text(json.dumps(
         {"kept_by_source": {"kolaw": {"documents": 3, "bytes": 1200}}, "synthetic_ko_failed": 7}))
     lock = tmp_path / "dvc.lock"
-    lock.write_text("schema: '2.0'\nstages: {}\n")
+    lock.write_text("schema: '2.0'\nstages:\n  pack: {cmd: dasi pack}\n  release: {cmd: dasi release}\n")
     model = ModelConfig.model_validate(yaml.safe_load((REPO / "configs/tiny.yaml").read_text())["model"])
     out = tmp_path / "release"
     with runlog("release") as log:
         summary = run(ReleaseConfig(name="test-rel"), model, "tiny", {"base": tiny_model, "sft": tiny_model},
-                      [metrics / "eval.json", metrics / "curate.json", metrics / "missing.json"], lock,
-                      out, log)
+                      [metrics / "eval.json", metrics / "curate.json"], lock, out, log)
     check = subprocess.run(["sha256sum", "-c", "--strict", "SHA256SUMS"], cwd=out, capture_output=True,
                            text=True)
     assert check.returncode == 0, check.stdout + check.stderr
@@ -31,8 +30,21 @@ def test_release_folder_card_and_checksums(tmp_path, tiny_model, runlog):
     card = (out / "README.md").read_text()
     assert "| eval.models.base.tasks.kobest_copa.acc | 0.5 |" in card
     assert "`kolaw`: 3 documents, 1,200 bytes" in card and "걸러진 요청 수: 7" in card
-    assert "360,768" in card and (out / "dvc.lock").read_text() == lock.read_text()
+    assert "360,768" in card
+    # the release's lock is the upstream one: its own entry would hash this very copy
+    assert yaml.safe_load((out / "dvc.lock").read_text()) == {"schema": "2.0", "stages": {
+        "pack": {"cmd": "dasi pack"}}}
     assert set(json.loads((out / "results.json").read_text())) == {"eval", "curate"}
     (out / "models/sft/config.json").write_text("{}")  # tampering is caught
     assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=out,
                           capture_output=True).returncode != 0
+
+
+def test_a_missing_metrics_file_stops_the_release(tmp_path, tiny_model, runlog):
+    import pytest
+
+    model = ModelConfig.model_validate(yaml.safe_load((REPO / "configs/tiny.yaml").read_text())["model"])
+    with runlog("release") as log, pytest.raises(FileNotFoundError, match="missing.json"):
+        run(ReleaseConfig(name="x"), model, "tiny", {"base": tiny_model}, [tmp_path / "missing.json"],
+            tmp_path / "dvc.lock", tmp_path / "out", log)
+    assert not (tmp_path / "out").exists()
