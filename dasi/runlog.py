@@ -5,11 +5,13 @@ Files in a run folder:
                  (running, ok, failed, interrupted, or died: set by the next run of the stage
                  when the process of a "running" run on this host is gone)
   config.json    the stage's resolved, validated config
-  env.json       Python, packages, git commit + dirty flag, host, CPU/GPU
+  env.json       Python, packages, git commit + dirty flag (or why git could not say), host,
+                 CPU/GPU, the lock file's path + sha256 and the packages that differ from it
   inputs.json    sha256 of every input file/folder at start
   outputs.json   sha256 of every output at the end
   metrics.jsonl  one JSON object per line: {"step", "time", <metric>: <value>, ...}
-  events.jsonl   one JSON object per line: {"time", "event", ...} (resume, skip, warning)
+  events.jsonl   one JSON object per line: {"time", "event", ...} (resume, skip, warning;
+                 git_unavailable, lock_missing, env_differs_from_lock at the start)
   summary.json   final metrics of the run
   wandb/, tb/    optional offline W&B run and TensorBoard events mirroring metrics.jsonl
 """
@@ -30,7 +32,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from dasi.atomic import write_json
-from dasi.provenance import environment, hash_paths, sha256_text
+from dasi.provenance import environment, environment_events, hash_paths, sha256_text
 from dasi.strict import StrictModel
 
 FORMAT = "dasi.runlog/1"
@@ -169,7 +171,10 @@ class RunLog:
         for dead in mark_dead_runs(self.dir.parent, self.run_id):
             self.event("previous_run_died", run_id=dead)
         write_json(self.dir / "config.json", self.config)
-        write_json(self.dir / "env.json", environment())
+        env = environment()
+        write_json(self.dir / "env.json", env)
+        for name, data in environment_events(env):  # git unavailable, packages differ from the lock
+            self.event(name, **data)
         write_json(self.dir / "inputs.json", hash_paths(self.inputs))
         self._start_mirrors()
         self._sigterm = _terminate_as_exception()

