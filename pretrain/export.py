@@ -14,6 +14,7 @@ from pydantic import Field, PositiveInt
 from dasi.atomic import atomic_path, write_json
 from dasi.model_config import ModelConfig
 from dasi.strict import StrictModel
+from pretrain.integrity import VerifyMode
 
 END_TOKEN = "<|end|>"
 
@@ -23,6 +24,7 @@ class ExportConfig(StrictModel):
     parity_tokens: PositiveInt = 64
     generate_tokens: PositiveInt = 8
     step: int | None = Field(None, description="checkpoint step; default: latest")
+    verify_data: VerifyMode = Field("sha256", description="check packed files by sha256 or only size")
 
 
 def megatron_to_hf(sd: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, torch.Tensor]:
@@ -97,15 +99,16 @@ def _write_folder(folder: Path, weights: dict[str, torch.Tensor], m: ModelConfig
             shutil.copy2(f, folder / f.name)
 
 
-def _parity_ids(manifest: Path | None, m: ModelConfig, n: int) -> torch.Tensor:
-    """Real packed tokens when the manifest is at hand, else a fixed random draw."""
+def _parity_ids(manifest: Path | None, m: ModelConfig, n: int, verify: VerifyMode) -> torch.Tensor:
+    """Real packed tokens (checked against the manifest first) when a manifest is given, else a
+    fixed random draw."""
     n = min(n, m.seq_length)
-    if manifest is not None and Path(manifest).exists():
+    if manifest is not None:
         from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-        from pretrain.pack import load_manifest
+        from pretrain.pack import verify_manifest
 
-        man = load_manifest(manifest)
+        man = verify_manifest(manifest, verify)
         d = man.split("valid")[0]
         dataset = IndexedDataset(str(Path(manifest).parent / d.prefix))
         ids = dataset[0][:n].astype("int64")  # a copy: the mmap closes with ``dataset``
@@ -124,12 +127,13 @@ def run(cfg: ExportConfig, model_cfg: ModelConfig, checkpoints: Path, tokenizer_
     if step is None:
         raise FileNotFoundError(f"{checkpoints}: no 'latest' checkpoint (run pretrain first)")
     source = ckpt.iter_dir(checkpoints, step)
+    ckpt.verify(source)
+    ids = _parity_ids(manifest, model_cfg, cfg.parity_tokens, cfg.verify_data)
     with distributed(tensor_parallel=1):
         gpt = build_gpt(model_cfg).float()
         ckpt.load(source, gpt, restore_rng=False)
         gpt.eval()
         weights = megatron_to_hf(gpt.state_dict(), model_cfg)
-        ids = _parity_ids(manifest, model_cfg, cfg.parity_tokens)
         pos = torch.arange(ids.shape[1]).unsqueeze(0)
         with torch.no_grad():
             mg_logits = gpt(ids, pos, None).float()

@@ -20,14 +20,19 @@ def on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def have_transformer_engine() -> bool:
+def te_unavailable() -> str | None:
+    """Why Transformer Engine layers cannot be used here, or None when they can."""
     if not on_gpu():
-        return False
+        return "no CUDA device"
     try:
         import transformer_engine  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    except ImportError as e:
+        return f"transformer_engine does not import ({e})"
+    return None
+
+
+def have_transformer_engine() -> bool:
+    return te_unavailable() is None
 
 
 def _free_port() -> int:
@@ -115,6 +120,8 @@ def transformer_config(m: ModelConfig, bf16: bool = False, initialize: bool = Tr
 
 
 def layer_spec(use_te: bool | None = None):
+    """Transformer Engine layers when ``use_te`` (default: when available), else the local ones;
+    training records which one it used (``layer_spec`` in its summary and checkpoints)."""
     from megatron.core.models.gpt.gpt_layer_specs import (
         get_gpt_layer_local_spec,
         get_gpt_layer_with_transformer_engine_spec,

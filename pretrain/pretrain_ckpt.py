@@ -1,25 +1,45 @@
 """megatron-core distributed checkpoints: ``<dir>/iter_0000050/`` plus a ``latest`` marker.
 
-A checkpoint folder is written under a temporary name and renamed when every rank has finished;
-``latest`` is written last, so a crash never leaves a checkpoint that looks complete. Model and
-optimizer are ``dist_checkpointing`` shards (loadable at another tensor-parallel size); scheduler,
-step and consumed samples are common state; each rank's RNG states sit in ``rng/rank_NNNNN.pt``.
+A checkpoint folder is written under a temporary name, given a ``checksums.json`` (size and, in
+``sha256`` mode, hash of every file in it) and renamed when every rank has finished; ``latest``
+is written last, so a crash never leaves a checkpoint that looks complete, and :func:`verify`
+finds any later damage. Model and optimizer are ``dist_checkpointing`` shards (loadable at another
+tensor-parallel size); scheduler, step, consumed samples and the run's first/last losses are
+common state; each rank's RNG states sit in ``rng/rank_NNNNN.pt``.
+
+The folder holds only what training computed, so an interrupted-and-resumed run writes the same
+bytes as an uninterrupted one. Wall time and the number of launches differ between those two and
+live outside it, in ``<dir>/history/iter_0000050.json``.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dasi.atomic import write_json
+from pretrain.integrity import FileRecord, IntegrityError, VerifyMode, check, record
+
 LATEST = "latest"
+CHECKSUMS = "checksums.json"
+CHECKSUMS_FORMAT = "checkpoint-checksums/1"
+HISTORY = "history"
+RESTART = "To start over: dasi pretrain --restart or DASI_RESTART=1 dvc repro pretrain (deletes them)"
 
 
 def iter_dir(root: Path, step: int) -> Path:
     return Path(root) / f"iter_{step:07d}"
+
+
+def history_file(root: Path, step: int) -> Path:
+    return Path(root) / HISTORY / f"{iter_dir(root, step).name}.json"
 
 
 def latest_step(root: Path) -> int | None:
@@ -28,7 +48,8 @@ def latest_step(root: Path) -> int | None:
         return None
     step = int(marker.read_text().strip())
     if not iter_dir(root, step).is_dir():
-        raise FileNotFoundError(f"{marker} names step {step} but {iter_dir(root, step)} is missing")
+        raise IntegrityError(f"{iter_dir(root, step)}: missing (named by {marker}); nothing was changed. "
+                             f"{RESTART}")
     return step
 
 
@@ -50,6 +71,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def rng_file(path: Path, rank: int) -> Path:
+    return Path(path) / "rng" / f"rank_{rank:05d}.pt"
+
+
 def _sharded(model: Any, optimizer: Any | None, is_loading: bool = False) -> dict[str, Any]:
     model_sd = model.sharded_state_dict()
     state: dict[str, Any] = {"model": model_sd}
@@ -58,27 +83,126 @@ def _sharded(model: Any, optimizer: Any | None, is_loading: bool = False) -> dic
     return state
 
 
-def save(root: Path, step: int, model: Any, optimizer: Any, scheduler: Any,
-         extra: dict[str, Any]) -> Path:
-    """Write checkpoint ``step`` (collective: every rank calls it)."""
+def canonical(obj: Any) -> Any:
+    """``obj`` with fresh dicts, lists and tuples and interned strings.
+
+    pickle writes an object seen twice as a back-reference: a state whose strings came from a
+    loaded checkpoint would pickle to other bytes than the same state built in-process."""
+    if type(obj) is dict:
+        return {canonical(k): canonical(v) for k, v in obj.items()}
+    if type(obj) in (list, tuple):
+        return type(obj)(canonical(v) for v in obj)
+    if type(obj) is str:
+        return sys.intern(obj)
+    return obj
+
+
+def _normalise_dcp_metadata(folder: Path) -> None:
+    """Make torch.distributed.checkpoint's ``.metadata`` depend only on what was saved: it is
+    stamped with the temp path and a random save id (the reader does not need them: it fills in
+    an empty StorageMeta), and lists where each tensor went in the order the writer threads
+    finished."""
+    meta_file = folder / ".metadata"
+    meta = pickle.loads(meta_file.read_bytes())
+    meta.storage_meta = None
+    meta.storage_data = dict(sorted(meta.storage_data.items(), key=lambda kv: _index_key(kv[0])))
+    meta_file.write_bytes(pickle.dumps(meta))
+
+
+def _index_key(index: Any) -> tuple:
+    return index.fqn, tuple(index.offset or ()), -1 if index.index is None else index.index
+
+
+def write_checksums(folder: Path, mode: VerifyMode) -> dict[str, Any]:
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.name != CHECKSUMS)
+    sums = {"format": CHECKSUMS_FORMAT, "mode": mode,
+            "files": {p.relative_to(folder).as_posix(): record(p, mode).model_dump() for p in files}}
+    write_json(Path(folder) / CHECKSUMS, sums)
+    return sums
+
+
+def read_checksums(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / CHECKSUMS
+    if not path.is_file():
+        raise IntegrityError(f"{path}: missing (every checkpoint is written with it); nothing was changed. "
+                             f"{RESTART}")
+    sums = json.loads(path.read_text())
+    if sums.get("format") != CHECKSUMS_FORMAT:
+        raise IntegrityError(f"{path}: format {sums.get('format')!r}, expected {CHECKSUMS_FORMAT!r}; "
+                             f"nothing was changed. {RESTART}")
+    return sums
+
+
+def verify(folder: Path) -> dict[str, Any]:
+    """Check every file of checkpoint ``folder`` against its ``checksums.json`` (in the mode it was
+    written with); files it does not list are an error too. Returns the checksums."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise IntegrityError(f"{folder}: missing; nothing was changed")
+    sums = read_checksums(folder)
+    listed = {folder / name: FileRecord.model_validate(r) for name, r in sums["files"].items()}
+    present = {p for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS}
+    extra = sorted(present - set(listed))
+    if extra:
+        raise IntegrityError(f"{extra[0]}: not listed in {folder / CHECKSUMS}; nothing was changed. "
+                             f"{RESTART}")
+    check(listed.items(), sums["mode"], folder / CHECKSUMS, RESTART)
+    return sums
+
+
+def check_rng_files(folder: Path, world_size: int) -> None:
+    """A resume restores every rank's RNG state: each rank's file must be there."""
+    for rank in range(world_size):
+        if not rng_file(folder, rank).is_file():
+            saved = len(list((Path(folder) / "rng").glob("rank_*.pt")))
+            raise IntegrityError(f"{rng_file(folder, rank)}: missing: the checkpoint holds the RNG states of "
+                                 f"{saved} ranks, this run has {world_size}; nothing was changed. Resume "
+                                 f"with the parallel layout that saved it, or start over: {RESTART}")
+
+
+def _publish(tmp: Path, final: Path, mode: VerifyMode) -> str | None:
+    """Rank 0: checksum ``tmp`` and rename it to ``final``; returns an error instead of replacing
+    a different ``final``."""
+    _normalise_dcp_metadata(tmp)
+    sums = write_checksums(tmp, mode)
+    if not final.exists():
+        os.replace(tmp, final)
+        return None
+    # ``final`` exists only when a launch died between this rename and writing ``latest``: the
+    # same step of the same run, which training recomputes bit for bit on CPU.
+    if final.is_dir() and (final / CHECKSUMS).is_file() and read_checksums(final)["files"] == sums["files"]:
+        shutil.rmtree(tmp)  # our own temp copy of what ``final`` already holds
+        return None
+    return (f"{final}: exists with other content than the checkpoint just computed for that step "
+            f"(not named by {final.parent / LATEST}); nothing was deleted. Move it away, or start over. "
+            f"{RESTART}")
+
+
+def save(root: Path, step: int, model: Any, optimizer: Any, scheduler: Any, extra: dict[str, Any],
+         history: dict[str, Any], mode: VerifyMode = "sha256") -> Path:
+    """Write checkpoint ``step`` (collective: every rank calls it); ``history`` (wall time,
+    launches) goes beside it."""
     from megatron.core import dist_checkpointing
 
     rank = torch.distributed.get_rank()
     final = iter_dir(root, step)
     tmp = final.with_name(final.name + ".tmp")
     if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # a temp folder of a save that was cut off
         tmp.mkdir(parents=True)
     torch.distributed.barrier()
     state = _sharded(model, optimizer)
     state.update(step=step, scheduler=scheduler.state_dict(), extra=extra)
-    dist_checkpointing.save(state, str(tmp))
+    dist_checkpointing.save(canonical(state), str(tmp))
     (tmp / "rng").mkdir(exist_ok=True)
-    torch.save(rng_state(), tmp / "rng" / f"rank_{rank:05d}.pt")
+    torch.save(rng_state(), rng_file(tmp, rank))
     torch.distributed.barrier()
+    error = [_publish(tmp, final, mode) if rank == 0 else None]
+    torch.distributed.broadcast_object_list(error, src=0)
+    if error[0]:
+        raise IntegrityError(error[0])
     if rank == 0:
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        write_json(history_file(root, step), history)
         marker = Path(root) / LATEST
         marker.with_name(".latest.tmp").write_text(f"{step}\n")
         os.replace(marker.with_name(".latest.tmp"), marker)
@@ -86,20 +210,33 @@ def save(root: Path, step: int, model: Any, optimizer: Any, scheduler: Any,
     return final
 
 
+def history(root: Path, step: int | None, log: Any) -> dict[str, Any]:
+    """Wall time and launches of the run up to checkpoint ``step`` (zero for a fresh run)."""
+    if not step:
+        return {"train_wall_s": 0.0, "segments": 0}
+    path = history_file(root, step)
+    if not path.is_file():  # e.g. a checkpoint copied without its history: only timing is lost
+        log.event("history_missing", file=str(path), effect="train_wall_s and segments are unknown (null)")
+        return {"train_wall_s": None, "segments": None}
+    return json.loads(path.read_text())
+
+
 def load(path: Path, model: Any, optimizer: Any | None = None, scheduler: Any | None = None,
          restore_rng: bool = True) -> dict[str, Any]:
     """Load a checkpoint folder into ``model`` (and optimizer, scheduler, RNG when given);
-    returns the common state (``step``, ``extra``)."""
+    returns the common state (``step``, ``extra``). Call :func:`verify` first."""
     from megatron.core import dist_checkpointing
 
     path = Path(path)
+    rng = rng_file(path, torch.distributed.get_rank())
+    if restore_rng and not rng.is_file():
+        raise IntegrityError(f"{rng}: missing; nothing was changed. {RESTART}")
     loaded = dist_checkpointing.load(_sharded(model, optimizer, is_loading=True), str(path))
     model.load_state_dict(loaded["model"])
     if optimizer is not None:
         optimizer.load_state_dict(loaded["optimizer"])
     if scheduler is not None:
         scheduler.load_state_dict(loaded["scheduler"])
-    rng_file = path / "rng" / f"rank_{torch.distributed.get_rank():05d}.pt"
-    if restore_rng and rng_file.exists():
-        set_rng_state(torch.load(rng_file, weights_only=False))
+    if restore_rng:
+        set_rng_state(torch.load(rng, weights_only=False))
     return {"step": int(loaded["step"]), "extra": loaded.get("extra", {})}

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from dasi.strict import StrictModel
+from pretrain.integrity import VerifyMode
 
 
 class ParallelConfig(StrictModel):
@@ -60,6 +61,9 @@ class PretrainConfig(StrictModel):
     eval_iters: PositiveInt = 2
     save_interval: PositiveInt = 50
     log_interval: PositiveInt = 1
+    verify_data: VerifyMode = Field("sha256", description="check packed files by sha256 or only size")
+    verify_checkpoints: VerifyMode = Field("sha256", description="checksums.json of each checkpoint: "
+                                           "sha256 + size, or size only")
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
 

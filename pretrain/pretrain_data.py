@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,9 @@ def _blend(manifest: PackManifest, root: Path, split: str) -> tuple[list[str], l
     sets = [d for d in manifest.split(split) if d.tokens > 0 and d.weight > 0]
     if not sets:
         raise ValueError(f"pack manifest has no non-empty {split} datasets")
-    return [str((root / d.prefix).resolve()) for d in sets], [d.weight for d in sets]
+    # Relative to the working directory (the repo root under DVC): megatron writes these paths
+    # into its index cache, which then reads the same in every clone.
+    return [os.path.relpath(root / d.prefix) for d in sets], [d.weight for d in sets]
 
 
 def build_datasets(manifest_path: Path, seq_length: int, train_samples: int, valid_samples: int,
@@ -53,6 +57,26 @@ def build_datasets(manifest_path: Path, seq_length: int, train_samples: int, val
     train, valid, _ = BlendedMegatronDatasetBuilder(
         GPTDataset, [train_samples, valid_samples, 0], lambda: True, config).build()
     return train, valid
+
+
+def build_cached(manifest_path: Path, seq_length: int, train_samples: int, valid_samples: int,
+                 seed: int, cache_dir: Path) -> tuple[Any, Any]:
+    """:func:`build_datasets` whose index cache is published whole (collective: every rank calls
+    it): built into a temp folder, then renamed, so a launch killed mid-build never leaves
+    truncated index files for the next one to load."""
+    cache_dir = Path(cache_dir)
+    if not cache_dir.is_dir():
+        rank = torch.distributed.get_rank()
+        tmp = cache_dir.with_name(cache_dir.name + ".tmp")
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)  # our own temp folder of a build that was cut off
+        torch.distributed.barrier()
+        build_datasets(manifest_path, seq_length, train_samples, valid_samples, seed, tmp)
+        torch.distributed.barrier()
+        if rank == 0:
+            os.replace(tmp, cache_dir)
+        torch.distributed.barrier()
+    return build_datasets(manifest_path, seq_length, train_samples, valid_samples, seed, cache_dir)
 
 
 def batch(dataset: Any, start: int, size: int) -> dict[str, torch.Tensor]:

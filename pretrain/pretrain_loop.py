@@ -10,10 +10,11 @@ import torch
 from tqdm import tqdm
 
 from dasi.model_config import ModelConfig
+from dasi.provenance import sha256_file
 from pretrain import pretrain_ckpt as ckpt
-from pretrain.model import build_gpt, distributed, transformer_config
+from pretrain.model import build_gpt, distributed, te_unavailable, transformer_config
 from pretrain.pretrain_config import PretrainConfig
-from pretrain.pretrain_data import batch, build_datasets, sample_start
+from pretrain.pretrain_data import batch, build_cached, sample_start
 
 
 class Log(Protocol):
@@ -64,40 +65,63 @@ def evaluate(model: Any, valid: Any, cfg: PretrainConfig, dp_rank: int) -> float
     return _dp_mean(torch.stack(losses).mean())
 
 
+def _layer_spec(log: Log) -> str:
+    reason = te_unavailable()
+    if reason:
+        log.event("transformer_engine_unavailable", reason=reason, layer_spec="local")
+    return "local" if reason else "transformer_engine"
+
+
+def _add(total: float | None, more: float) -> float | None:
+    return None if total is None else round(total + more, 3)
+
+
 def train(m: ModelConfig, cfg: PretrainConfig, manifest: Path, ckpt_dir: Path, log: Log,
           stop_at: int | None = None) -> dict[str, Any]:
     """Train to ``cfg.train_steps`` (or stop after step ``stop_at``), resuming from the latest
-    checkpoint in ``ckpt_dir``; returns the summary."""
+    checkpoint in ``ckpt_dir``; returns the summary of the whole run (every launch so far).
+    The caller verified the packed data and the checkpoint."""
     import megatron.core.parallel_state as mpu
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
     from pretrain.pack import load_manifest
 
     par = cfg.parallel
-    stop = min(stop_at or cfg.train_steps, cfg.train_steps)
+    ckpt_dir = Path(ckpt_dir)
+    start = ckpt.latest_step(ckpt_dir) or 0
+    stop = max(min(stop_at or cfg.train_steps, cfg.train_steps), start)
     with distributed(par.tensor_parallel, cfg.seed):
         if mpu.get_data_parallel_world_size() != par.data_parallel:
             raise ValueError(f"world size {torch.distributed.get_world_size()} does not give "
                              f"data_parallel {par.data_parallel} at tensor_parallel {par.tensor_parallel}")
         dp_rank = mpu.get_data_parallel_rank()
-        gpt = build_gpt(m, cfg.bf16, tokenizer_vocab=load_manifest(manifest).vocab_size)
+        spec = _layer_spec(log)
+        gpt = build_gpt(m, cfg.bf16, use_te=spec == "transformer_engine",
+                        tokenizer_vocab=load_manifest(manifest).vocab_size)
         model = DistributedDataParallel(
             transformer_config(m, cfg.bf16),
             DistributedDataParallelConfig(grad_reduce_in_fp32=True,
                                           use_distributed_optimizer=cfg.bf16 and torch.cuda.is_available()),
             gpt)
         opt, sched = _optimizer(cfg, model)
-        train_ds, valid_ds = build_datasets(
+        # The index cache is keyed by the manifest, which holds every file's sha256: other data
+        # never reuses it (megatron's own cache key names the files, not their content).
+        cache = ckpt_dir / "cache" / sha256_file(manifest)[:16]
+        train_ds, valid_ds = build_cached(
             manifest, m.seq_length, cfg.train_steps * cfg.global_batch,
-            cfg.eval_iters * cfg.micro_batch_size * par.data_parallel, cfg.seed, Path(ckpt_dir) / "cache")
-        start = ckpt.latest_step(ckpt_dir) or 0
+            cfg.eval_iters * cfg.micro_batch_size * par.data_parallel, cfg.seed, cache)
+        extra, history = {}, ckpt.history(ckpt_dir, start, log)
         if start:
             state = ckpt.load(ckpt.iter_dir(ckpt_dir, start), gpt, opt, sched)
-            log.event("resume", step=state["step"], consumed_samples=state["extra"]["consumed_samples"],
+            extra = state["extra"]
+            log.event("resume", step=state["step"], consumed_samples=extra["consumed_samples"],
                       checkpoint=str(ckpt.iter_dir(ckpt_dir, start)))
         tokens_per_step = cfg.global_batch * m.seq_length
         t0 = time.time()
-        first = last = valid = None
+        first, last, valid = (extra.get(k)
+                              for k in ("first_train_loss", "last_train_loss", "last_valid_loss"))
+        wall = history["train_wall_s"]
+        segments = None if history["segments"] is None else history["segments"] + (stop > start)
         bar = tqdm(total=stop, initial=start, desc="pretrain", unit="step",
                    disable=torch.distributed.get_rank() != 0)
         for step in range(start, stop):
@@ -129,11 +153,15 @@ def train(m: ModelConfig, cfg: PretrainConfig, manifest: Path, ckpt_dir: Path, l
             bar.set_postfix(loss=f"{last:.3f}", refresh=False)
             bar.update(1)
             if done % cfg.save_interval == 0 or done == stop:
-                ckpt.save(ckpt_dir, done, gpt, opt, sched, {"consumed_samples": done * cfg.global_batch})
+                extra = {"consumed_samples": done * cfg.global_batch, "first_train_loss": first,
+                         "last_train_loss": last, "last_valid_loss": valid, "layer_spec": spec}
+                wall = _add(history["train_wall_s"], time.time() - t0)
+                ckpt.save(ckpt_dir, done, gpt, opt, sched, extra,
+                          {"train_wall_s": wall, "segments": segments}, mode=cfg.verify_checkpoints)
         bar.close()
-        summary = {"steps": stop, "resumed_from": start, "first_train_loss": first,
-                   "final_train_loss": last, "final_valid_loss": valid,
-                   "train_wall_s": round(time.time() - t0, 3), "world_size": par.world_size,
-                   "tensor_parallel": par.tensor_parallel, "data_parallel": par.data_parallel}
+        summary = {"steps": stop, "first_train_loss": first, "final_train_loss": last,
+                   "final_valid_loss": valid, "layer_spec": extra.get("layer_spec", spec),
+                   "world_size": par.world_size, "tensor_parallel": par.tensor_parallel,
+                   "data_parallel": par.data_parallel, "train_wall_s": wall, "segments": segments}
         log.summary(summary)
         return summary

@@ -2,10 +2,18 @@
 
 One rank trains in this process; more ranks run ``pretrain.pretrain_worker`` under torchrun
 (one node) or an sbatch script (Slurm, written next to the checkpoints and submitted).
+
+Before anything is written, every packed file is checked against the manifest, the checkpoints'
+fingerprint (data, model, optimisation, code) against this run's, and the latest checkpoint
+against its checksums. Then: no checkpoints -> train; same fingerprint and unfinished -> resume;
+finished -> reuse (metrics from the stored summary, nothing retrained); another fingerprint ->
+:class:`FingerprintMismatch`, nothing deleted. Only ``restart`` deletes, and says so in the log.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import os
 import subprocess
 import sys
@@ -13,47 +21,102 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from dasi import resume
+from dasi.atomic import write_json
 from dasi.model_config import ModelConfig
 from dasi.provenance import sha256_file
-from dasi.resume import fingerprint, mark_complete, prepare_resumable_dir
 from pretrain import pretrain_ckpt as ckpt
 from pretrain import pretrain_launch as launch
+from pretrain.pack import PackManifest, verify_manifest
 from pretrain.pretrain_config import PretrainConfig
 from pretrain.pretrain_worker import replay, write_job
 
 __all__ = ["PretrainConfig", "run"]
 
+SUMMARY = "summary.json"
+# Facts of how the run went, not of what it computed: they differ between an interrupted and an
+# uninterrupted run, so they live in history/ and not in summary.json.
+HISTORY_KEYS = ("train_wall_s", "segments")
+RESTART_HOW = "dasi pretrain --restart or DASI_RESTART=1 dvc repro pretrain"
+# Settings that change speed, logging or checks but not a single trained bit.
+NOT_SHAPING = {"save_interval", "eval_interval", "log_interval", "parallel", "slurm", "verify_data",
+               "verify_checkpoints"}
+# pretrain/ modules that training never imports: changing them keeps the checkpoints.
+NOT_TRAINING = {"tokenizer.py", "export.py"}
+ROOT = Path(__file__).resolve().parents[1]
 
-def checkpoint_fingerprint(model: ModelConfig, cfg: PretrainConfig, manifest: Path) -> str:
-    """What the checkpoints depend on; intervals and the parallel layout are not part of it
-    (dist_checkpointing reshards across tensor-parallel sizes)."""
-    shaping = cfg.model_dump(mode="json", exclude={"save_interval", "eval_interval", "log_interval",
-                                                   "parallel", "slurm"})
-    return fingerprint(model.model_dump(mode="json"), shaping, sha256_file(Path(manifest)))
+
+def code_files() -> list[Path]:
+    """The source files whose code trains: pretrain/*.py (but tokenizer and export) and the model
+    shape's defaults."""
+    here = Path(__file__).resolve().parent
+    ours = sorted(p for p in here.glob("*.py") if p.name not in NOT_TRAINING)
+    return [*ours, ROOT / "dasi" / "model_config.py"]
+
+
+def fingerprint_parts(model: ModelConfig, cfg: PretrainConfig, packed: PackManifest) -> dict[str, str]:
+    """What the checkpoints depend on, part by part. The data part is the manifest, which holds
+    every packed file's sha256 (checked against the files before this is computed)."""
+    code = {p.relative_to(ROOT).as_posix(): sha256_file(p) for p in code_files()}
+    code.update({pkg: importlib.metadata.version(pkg) for pkg in ("torch", "megatron-core")})
+    return {"data": resume.fingerprint(packed.model_dump(mode="json")),
+            "model": resume.fingerprint(model.model_dump(mode="json")),
+            "optimisation": resume.fingerprint(cfg.model_dump(mode="json", exclude=NOT_SHAPING)),
+            "code": resume.fingerprint(code)}
+
+
+def saved_checkpoints(checkpoints: Path) -> list[str]:
+    return sorted(p.name for p in Path(checkpoints).glob("iter_*") if p.is_dir() and not p.suffix)
+
+
+def _held_work(checkpoints: Path) -> str | None:
+    names = saved_checkpoints(checkpoints)
+    return f"{len(names)} checkpoints ({names[0]} .. {names[-1]})" if names else None
+
+
+def _drop_stale_temps(checkpoints: Path, log: Any) -> None:
+    """Remove the temp files of writes a kill cut off (``.NAME.tmp-PID`` of dasi.atomic,
+    ``.latest.tmp``): written only by this stage, never read, and they would make the folder differ
+    from an uninterrupted run's."""
+    stale = sorted(p for d in (checkpoints, checkpoints / ckpt.HISTORY) for p in d.glob(".*.tmp*")
+                   if p.is_file())
+    if stale:
+        log.event("removed_temp_files", files=[str(p) for p in stale])
+    for p in stale:
+        p.unlink()
 
 
 def run(model: ModelConfig, cfg: PretrainConfig, manifest: Path, checkpoints: Path, log: Any | None,
-        launcher: str = "local", stop_at: int | None = None, dry_run: bool = False) -> dict[str, Any]:
-    """Train (or resume) into ``checkpoints``; returns the summary. ``dry_run`` only prints the
-    launch command / sbatch script."""
-    from pretrain.pretrain_loop import train
-
+        launcher: str = "local", stop_at: int | None = None, dry_run: bool = False,
+        restart: bool = False) -> dict[str, Any]:
+    """Train, resume or reuse into ``checkpoints``; returns the whole run's summary. ``dry_run``
+    only prints the launch command / sbatch script; ``restart`` deletes the checkpoints first."""
     checkpoints = Path(checkpoints)
     kind = launch.choose(cfg, launcher)
-    if not dry_run and not Path(manifest).exists():
-        raise FileNotFoundError(f"{manifest}: run the pack stage first")
-    if not dry_run:
-        # Resume only a run of this model, data and optimisation; anything else starts afresh.
-        prepare_resumable_dir(checkpoints, checkpoint_fingerprint(model, cfg, manifest), log,
-                              finished=lambda d: (ckpt.latest_step(d) or 0) >= cfg.train_steps)
-    if kind == "local" and not dry_run:
-        return _finish(train(model, cfg, manifest, checkpoints, log, stop_at=stop_at), cfg, checkpoints)
     job = checkpoints / "job.json"
     if dry_run:
         return {"dry_run": launch.dry_run(cfg, job, launcher)}
-    checkpoints.mkdir(parents=True, exist_ok=True)
+    if not Path(manifest).exists():
+        raise FileNotFoundError(f"{manifest}: run the pack stage first")
+    parts = fingerprint_parts(model, cfg, verify_manifest(manifest, cfg.verify_data))
+    if restart:
+        resume.restart(checkpoints, log, checkpoints=saved_checkpoints(checkpoints))
+    resume.check_fingerprint(checkpoints, parts, _held_work(checkpoints), RESTART_HOW)
+    latest = ckpt.latest_step(checkpoints)
+    if latest:
+        ckpt.verify(ckpt.iter_dir(checkpoints, latest))
+    resume.record_fingerprint(checkpoints, parts)
+    _drop_stale_temps(checkpoints, log)
+    if latest and latest >= cfg.train_steps and (checkpoints / SUMMARY).is_file():
+        return _reuse(checkpoints, latest, log)
+    if latest:
+        ckpt.check_rng_files(ckpt.iter_dir(checkpoints, latest), cfg.parallel.world_size)
+    if kind == "local":
+        from pretrain.pretrain_loop import train
+
+        return _finish(train(model, cfg, manifest, checkpoints, log, stop_at=stop_at), cfg, checkpoints)
     write_job(job, model, cfg, manifest, checkpoints, checkpoints / "records.jsonl", stop_at)
-    (checkpoints / "records.jsonl").unlink(missing_ok=True)
+    (checkpoints / "records.jsonl").unlink(missing_ok=True)  # the last launch's, already replayed
     log.event("launch", launcher=kind, world_size=cfg.parallel.world_size)
     if kind == "torchrun":
         # torchrun's temp files go to a private folder that is removed afterwards (short path:
@@ -68,8 +131,16 @@ def run(model: ModelConfig, cfg: PretrainConfig, manifest: Path, checkpoints: Pa
     return _finish(replay(checkpoints / "records.jsonl", log), cfg, checkpoints)
 
 
+def _reuse(checkpoints: Path, step: int, log: Any) -> dict[str, Any]:
+    """A finished run of this fingerprint: its stored summary, nothing retrained."""
+    summary = {**json.loads((checkpoints / SUMMARY).read_text()), **ckpt.history(checkpoints, step, log)}
+    log.event("reuse_finished", path=str(checkpoints), step=step)
+    log.summary(summary)
+    return summary
+
+
 def _finish(summary: dict[str, Any], cfg: PretrainConfig, checkpoints: Path) -> dict[str, Any]:
-    """A run that reached train_steps is finished: a later invocation trains afresh."""
+    """A run that reached train_steps stores its summary: a later invocation reuses it."""
     if summary.get("steps") == cfg.train_steps:
-        mark_complete(checkpoints)
+        write_json(checkpoints / SUMMARY, {k: v for k, v in summary.items() if k not in HISTORY_KEYS})
     return summary

@@ -1,3 +1,5 @@
+import ast
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -7,11 +9,13 @@ import torch
 from pydantic import ValidationError
 
 from dasi.model_config import parameter_count
+from dasi.resume import FingerprintMismatch
 from dasi.runlog import read_jsonl
 from pretrain import pretrain_ckpt as ckpt
 from pretrain import pretrain_launch as launch
+from pretrain.integrity import IntegrityError
 from pretrain.pretrain_config import PretrainConfig
-from pretrain.pretrain_stage import run
+from pretrain.pretrain_stage import HISTORY_KEYS, SUMMARY, code_files, fingerprint_parts, run
 from pretrain.pretrain_worker import RecordLog
 from tests.pretrain.conftest import ROOT, runlog, small_cfg
 
@@ -33,6 +37,16 @@ def test_model_matches_parameter_count_and_refuses_small_vocab(model_cfg) -> Non
             build_gpt(model_cfg, tokenizer_vocab=model_cfg.vocab_size + 1)
 
 
+def _events(log_dir: Path) -> dict[str, dict]:
+    return {e["event"]: e for e in read_jsonl(log_dir / "events.jsonl")}
+
+
+def _digest(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """sha256 of every file under ``folder`` by relative path, but those under ``skip``."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.relative_to(folder).parts[0] not in skip}
+
+
 def test_resume_continues_exactly(model_cfg, packed, tmp_path) -> None:
     cfg = small_cfg()
     with runlog(tmp_path / "a", cfg) as full:
@@ -44,16 +58,26 @@ def test_resume_continues_exactly(model_cfg, packed, tmp_path) -> None:
         resumed = run(model_cfg, cfg, packed, tmp_path / "ck_split", second)
     straight, split = _losses(full.dir), {**_losses(first.dir), **_losses(second.dir)}
     assert sorted(straight) == sorted(split) == [1, 2, 3, 4, 5, 6]
-    for step in straight:
-        assert split[step] == pytest.approx(straight[step], abs=1e-6), step
-    events = read_jsonl(second.dir / "events.jsonl")
-    assert events[0]["event"] == "resume" and events[0]["step"] == 3
-    assert events[0]["consumed_samples"] == 3 * cfg.global_batch
-    assert resumed["resumed_from"] == 3 and summary["final_valid_loss"] > 0
-    # checkpoints: iter folders + latest written last, no temp folders left behind
+    assert split == straight  # bit for bit
+    resume = _events(second.dir)["resume"]
+    assert resume["step"] == 3 and resume["consumed_samples"] == 3 * cfg.global_batch
+    # the summary describes the whole run: first loss of step 1, wall time of both launches
+    assert {k: v for k, v in resumed.items() if k not in HISTORY_KEYS} == \
+        {k: v for k, v in summary.items() if k not in HISTORY_KEYS}
+    assert resumed["first_train_loss"] == straight[1] and resumed["final_train_loss"] == straight[6]
+    assert (summary["segments"], resumed["segments"]) == (1, 2)
+    history = json.loads(ckpt.history_file(tmp_path / "ck_split", 3).read_text())
+    assert resumed["train_wall_s"] > history["train_wall_s"] > 0
+    assert summary["layer_spec"] == "local"
+    assert _events(full.dir)["transformer_engine_unavailable"]["reason"] == "no CUDA device"
+    # checkpoints: the same bytes whether or not the run was interrupted (timing lives in history/)
+    assert _digest(tmp_path / "ck_split", skip=("history",)) == \
+        _digest(tmp_path / "ck_full", skip=("history",))
     names = sorted(p.name for p in (tmp_path / "ck_full").iterdir() if p.name.startswith("iter_"))
-    assert names == ["iter_0000003", "iter_0000006"]
+    assert names == ["iter_0000003", "iter_0000006"]  # no temp folders left behind
     assert (tmp_path / "ck_full" / "latest").read_text().strip() == "6"
+    sums = json.loads((tmp_path / "ck_full" / "iter_0000006" / ckpt.CHECKSUMS).read_text())
+    assert {"common.pt", ".metadata", "rng/rank_00000.pt"} <= set(sums["files"]) and sums["mode"] == "sha256"
     rec = read_jsonl(full.dir / "metrics.jsonl")[0]
     assert {"loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s"} <= set(rec)
 
@@ -145,26 +169,139 @@ def test_kormo_profile_builds_on_meta_device_with_exact_count() -> None:
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 8 * 1024 * 1024  # KiB: < 8 GiB
 
 
-def test_a_finished_run_is_redone_not_silently_reused(model_cfg, packed, tmp_path) -> None:
+def test_a_finished_run_is_reused_not_retrained(model_cfg, packed, tmp_path) -> None:
     cfg = small_cfg(train_steps=3, warmup_steps=1, save_interval=3)
     with runlog(tmp_path / "a", cfg) as first:
         a = run(model_cfg, cfg, packed, tmp_path / "ck", first)
+    before = _digest(tmp_path / "ck")
     with runlog(tmp_path / "b", cfg) as again:
         b = run(model_cfg, cfg, packed, tmp_path / "ck", again)
-    assert read_jsonl(again.dir / "events.jsonl")[0]["event"] == "redo_finished_output"
-    assert b["resumed_from"] == 0 and b["final_train_loss"] == pytest.approx(a["final_train_loss"])
-    assert sorted(_losses(again.dir)) == [1, 2, 3]
+    assert _events(again.dir)["reuse_finished"]["step"] == 3
+    assert b == a and not _losses(again.dir)  # same summary, not a step trained
+    assert _digest(tmp_path / "ck") == before  # nothing deleted, nothing rewritten
 
 
-def test_a_run_cut_off_after_its_last_checkpoint_is_redone(model_cfg, packed, tmp_path) -> None:
-    import json
-
+def test_a_run_cut_off_after_its_last_checkpoint_finishes_from_it(model_cfg, packed, tmp_path) -> None:
     cfg = small_cfg(train_steps=2, warmup_steps=1, save_interval=2)
     with runlog(tmp_path / "a", cfg) as first:
-        run(model_cfg, cfg, packed, tmp_path / "ck", first)
-    state = tmp_path / "ck" / "_state.json"
-    state.write_text(json.dumps({**json.loads(state.read_text()), "complete": False}))
+        a = run(model_cfg, cfg, packed, tmp_path / "ck", first)
+    summary_file = tmp_path / "ck" / SUMMARY
+    stored = summary_file.read_bytes()
+    summary_file.unlink()  # as if killed between the last checkpoint and the summary
     with runlog(tmp_path / "b", cfg) as again:
         b = run(model_cfg, cfg, packed, tmp_path / "ck", again)
-    assert read_jsonl(again.dir / "events.jsonl")[0]["event"] == "redo_finished_output"
-    assert b["final_train_loss"] is not None
+    assert _events(again.dir)["resume"]["step"] == 2 and not _losses(again.dir)
+    assert b == a and summary_file.read_bytes() == stored
+
+
+def test_other_settings_stop_the_run_and_delete_nothing_until_restart(model_cfg, packed, tmp_path) -> None:
+    cfg = small_cfg(train_steps=2, warmup_steps=1, save_interval=1)
+    with runlog(tmp_path / "a", cfg) as first:
+        run(model_cfg, cfg, packed, tmp_path / "ck", first)
+    before = _digest(tmp_path / "ck")
+    other = small_cfg(train_steps=2, warmup_steps=1, save_interval=1, lr=1e-3)
+    with runlog(tmp_path / "b", other) as log, pytest.raises(FingerprintMismatch) as e:
+        run(model_cfg, other, packed, tmp_path / "ck", log)
+    assert str(e.value) == (
+        f"{tmp_path / 'ck'} holds 2 checkpoints (iter_0000001 .. iter_0000002) made from other inputs "
+        "(changed: optimisation); nothing was deleted. To start over: dasi pretrain --restart or "
+        "DASI_RESTART=1 dvc repro pretrain (deletes them), or move the folder away")
+    assert _digest(tmp_path / "ck") == before
+    # a save or eval interval, the parallel layout or the checks do not shape the weights
+    same = small_cfg(train_steps=2, warmup_steps=1, save_interval=2, eval_interval=1,
+                     verify_checkpoints="size")
+    with runlog(tmp_path / "c", same) as log:
+        assert run(model_cfg, same, packed, tmp_path / "ck", log)["segments"] == 1
+    assert "reuse_finished" in _events(log.dir)
+    with runlog(tmp_path / "d", other) as log:
+        s = run(model_cfg, other, packed, tmp_path / "ck", log, restart=True)
+    restart = _events(log.dir)["restart"]
+    assert restart["checkpoints"] == ["iter_0000001", "iter_0000002"] and restart["files"] > 10
+    assert s["segments"] == 1 and sorted(_losses(log.dir)) == [1, 2]
+
+
+def test_fingerprint_names_the_part_that_changed(model_cfg, packed, tmp_path) -> None:
+    from pretrain.pack import load_manifest
+
+    cfg = small_cfg()
+    base = fingerprint_parts(model_cfg, cfg, load_manifest(packed))
+    repacked = load_manifest(packed).model_copy(update={"vocab_size": 2047})
+    deeper = model_cfg.model_copy(update={"num_layers": 3})
+    def changed(*args) -> list[str]:
+        return [k for k, v in fingerprint_parts(*args).items() if v != base[k]]
+
+    assert changed(model_cfg, cfg, repacked) == ["data"]
+    assert changed(deeper, cfg, load_manifest(packed)) == ["model"]
+    assert changed(model_cfg, small_cfg(min_lr=1e-4), load_manifest(packed)) == ["optimisation"]
+
+
+def _imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    names |= {f"{n.module}.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+              for a in n.names}
+    return names | {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+
+
+def test_code_fingerprint_covers_every_module_training_runs() -> None:
+    """Walk the imports from the stage and the worker: each project module reached is hashed."""
+    hashed = {p.resolve() for p in code_files()}
+    todo, seen = ["pretrain.pretrain_stage", "pretrain.pretrain_worker"], set()
+    while todo:
+        mod = todo.pop()
+        path = ROOT / (mod.replace(".", "/") + ".py")
+        if mod in seen or not path.is_file():
+            continue
+        seen.add(mod)
+        todo += [m for m in _imported_modules(path) if m.startswith(("pretrain.", "dasi."))]
+    training = {ROOT / (m.replace(".", "/") + ".py") for m in seen if m.startswith("pretrain.")}
+    assert training <= hashed and ROOT / "dasi" / "model_config.py" in hashed
+    assert not {p.name for p in hashed} & {"export.py", "tokenizer.py"}
+
+
+def _trained(model_cfg, packed, root: Path, cfg: PretrainConfig) -> Path:
+    run(model_cfg, cfg, packed, root / "ck", RecordLog(root / "train.jsonl"))
+    return root / "ck"
+
+
+def test_a_damaged_checkpoint_stops_the_run_naming_the_file(model_cfg, packed, tmp_path) -> None:
+    cfg = small_cfg(train_steps=2, warmup_steps=1, save_interval=2)
+    ck = _trained(model_cfg, packed, tmp_path, cfg)
+    target = ck / "iter_0000002" / "__0_0.distcp"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 1
+    target.write_bytes(bytes(data))
+    before = _digest(ck)
+    with pytest.raises(IntegrityError, match=rf"^{target}: sha256 differs from the one \(recorded in "):
+        run(model_cfg, cfg, packed, ck, RecordLog(tmp_path / "again.jsonl"))
+    assert _digest(ck) == before
+    (ck / "iter_0000002" / "rng" / "rank_00000.pt").unlink()
+    with pytest.raises(IntegrityError, match=r"rng/rank_00000.pt: missing"):
+        ckpt.verify(ck / "iter_0000002")
+    (ck / "iter_0000002" / "stray.pt").write_bytes(b"x")
+    with pytest.raises(IntegrityError, match=r"stray.pt: not listed in"):
+        ckpt.verify(ck / "iter_0000002")
+
+
+def test_resume_with_more_ranks_than_rng_files_names_the_missing_one(model_cfg, packed, tmp_path) -> None:
+    ck = _trained(model_cfg, packed, tmp_path, small_cfg(train_steps=2, warmup_steps=1, save_interval=1))
+    with pytest.raises(IntegrityError, match=r"rank_00001.pt: missing: the checkpoint holds the RNG "
+                                             r"states of 1 ranks, this run has 2"):
+        ckpt.check_rng_files(ck / "iter_0000001", world_size=2)
+
+
+def test_an_unpublished_checkpoint_is_kept_when_equal_never_overwritten(model_cfg, packed, tmp_path) -> None:
+    cfg = small_cfg(train_steps=4, warmup_steps=1, save_interval=2)
+    ck = _trained(model_cfg, packed, tmp_path, cfg)
+    final = _digest(ck / "iter_0000004")
+    (ck / "latest").write_text("2\n")  # killed after iter_0000004 was renamed, before `latest`
+    run(model_cfg, cfg, packed, ck, RecordLog(tmp_path / "again.jsonl"))
+    assert _digest(ck / "iter_0000004") == final and ckpt.latest_step(ck) == 4
+    (ck / "latest").write_text("2\n")
+    sums = json.loads((ck / "iter_0000004" / ckpt.CHECKSUMS).read_text())
+    sums["files"]["common.pt"]["sha256"] = "0" * 64  # as if it held another run's weights
+    (ck / "iter_0000004" / ckpt.CHECKSUMS).write_text(json.dumps(sums))
+    before = _digest(ck / "iter_0000004")
+    with pytest.raises(IntegrityError, match=r"iter_0000004: exists with other content .* nothing was "):
+        run(model_cfg, cfg, packed, ck, RecordLog(tmp_path / "third.jsonl"))
+    assert _digest(ck / "iter_0000004") == before
