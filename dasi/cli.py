@@ -165,13 +165,23 @@ def pretrain(packed: Path = Path("data/packed/manifest.json"), out: Path = Path(
                  help="local | torchrun | slurm (default: params.yaml / profile)")] = None,
              dry_run: Annotated[bool, typer.Option(
                  help="print the launch command / sbatch script, train nothing")] = False,
+             restart: Annotated[bool, typer.Option(
+                 help="delete the checkpoints and train from step 0 (also: DASI_RESTART=1)")] = False,
              params: ParamsOpt = Path("params.yaml"), profiles: ProfilesOpt = Path("configs")) -> None:
-    """Train (or resume) the megatron-core GPT on the packed data; distributed checkpoints + metrics."""
+    """Train, resume or reuse the megatron-core GPT on the packed data; checkpoints + metrics."""
+    import os
+
     from dasi.config import resolve_params
     from dasi.model_config import ModelConfig
+    from dasi.resume import FingerprintMismatch
     from dasi.stage import load_sections, run_stage
     from pretrain import pretrain_stage as stage
+    from pretrain.integrity import IntegrityError
 
+    env_restart = os.environ.get("DASI_RESTART", "0")
+    if env_restart not in ("0", "1"):
+        raise ConfigError(f"DASI_RESTART = {env_restart!r}: allowed: 1 (start over), 0")
+    restart = restart or env_restart == "1"  # so that `DASI_RESTART=1 dvc repro pretrain` starts over
     chosen = launcher or resolve_params(params, profiles)["launcher"]
     if dry_run:  # nothing runs, so nothing is logged
         cfgs, _, _ = load_sections({"pretrain": stage.PretrainConfig, "model": ModelConfig}, params,
@@ -179,10 +189,17 @@ def pretrain(packed: Path = Path("data/packed/manifest.json"), out: Path = Path(
         typer.echo(stage.run(cfgs["model"], cfgs["pretrain"], packed, out, None, launcher=chosen,
                              dry_run=True)["dry_run"])
         return
-    summary = run_stage("pretrain", {"pretrain": stage.PretrainConfig, "model": ModelConfig},
-                        [packed], [out],
-                        lambda cfg, model, log: stage.run(model, cfg, packed, out, log, launcher=chosen,
-                                                          ), params, profiles)
+    try:
+        summary = run_stage("pretrain", {"pretrain": stage.PretrainConfig, "model": ModelConfig},
+                            [packed], [out],
+                            lambda cfg, model, log: stage.run(model, cfg, packed, out, log, launcher=chosen,
+                                                              restart=restart), params, profiles)
+    except FingerprintMismatch as e:
+        print(f"dasi: pretrain: {e}", file=sys.stderr)
+        sys.exit(3)
+    except IntegrityError as e:  # a packed file or checkpoint differs from what its writer recorded
+        print(f"dasi: integrity error: {e}", file=sys.stderr)
+        sys.exit(4)
     write_json(metrics, summary)
 
 

@@ -1,9 +1,11 @@
 import json
+import shutil
 
 import pytest
 import torch
 
 from pretrain.export import END_TOKEN, ExportConfig, megatron_to_hf, run
+from pretrain.integrity import IntegrityError
 from pretrain.pretrain_stage import run as pretrain
 from pretrain.pretrain_worker import RecordLog
 from tests.pretrain.conftest import small_cfg
@@ -73,3 +75,26 @@ def test_qkv_and_fc1_split_follow_megatron_layout(model_cfg) -> None:
 def test_export_from_tensor_parallel_checkpoint(model_cfg, packed, tokenizer_dir, tmp_path) -> None:
     result, _, _ = _export(model_cfg, packed, tokenizer_dir, tmp_path, parallel={"tensor_parallel": 2})
     assert result["max_abs_logit_diff"] < 1e-4 and result["argmax_agreement"] == 1.0
+
+
+def test_export_checks_checkpoint_and_packed_data_first(model_cfg, packed, tokenizer_dir, tmp_path) -> None:
+    pretrain(model_cfg, small_cfg(train_steps=2, warmup_steps=1, save_interval=2), packed, tmp_path / "ck",
+             RecordLog(tmp_path / "train.jsonl"))
+    out, metrics = tmp_path / "hf", tmp_path / "export.json"
+
+    def export(manifest):
+        run(ExportConfig(), model_cfg, tmp_path / "ck", tokenizer_dir, out, metrics,
+            RecordLog(tmp_path / "export.jsonl"), manifest=manifest)
+
+    target = tmp_path / "ck" / "iter_0000002" / "common.pt"
+    good = target.read_bytes()
+    target.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    with pytest.raises(IntegrityError, match=rf"^{target}: sha256 differs"):
+        export(packed)
+    target.write_bytes(good)
+    shutil.copytree(packed.parent, tmp_path / "packed")
+    held_out = tmp_path / "packed" / "heldout_en.bin"
+    held_out.write_bytes(held_out.read_bytes()[:-2])
+    with pytest.raises(IntegrityError, match=rf"^{held_out}: size"):
+        export(tmp_path / "packed" / "manifest.json")
+    assert not out.exists() and not metrics.exists()
