@@ -174,6 +174,9 @@ def environment_events(env: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     elif lock["differs"]:
         events.append(("env_differs_from_lock", {"lock": lock["path"], "lock_sha256": lock["sha256"],
                                                  "packages": lock["differs"]}))
+    kernels = env.get("cpu_kernels") or {}
+    if kernels.get("vars") and not kernels.get("pinned"):
+        events.append(("cpu_kernels_not_pinned", {"vars": kernels["vars"]}))
     return events
 
 
@@ -191,7 +194,24 @@ def accelerator() -> dict[str, Any]:
     }
 
 
+def cpu_info() -> dict[str, Any]:
+    """The CPU model and the vector extensions that decide which kernels a library picks."""
+    model, flags = None, set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model is None:
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    return {"model": model, "simd": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_tile", "fma"})}
+
+
 def environment() -> dict[str, Any]:
+    from dasi.determinism import cpu_kernel_env
+
     return {
         "python": sys.version.split()[0],
         "executable": sys.executable,
@@ -200,6 +220,8 @@ def environment() -> dict[str, Any]:
         "processor": platform.processor() or None,
         "hostname": socket.gethostname(),
         "cpu_count": os.cpu_count(),
+        "cpu": cpu_info(),
+        "cpu_kernels": cpu_kernel_env(),
         "accelerator": accelerator(),
         "git": git_state(),
         "packages": package_versions(),

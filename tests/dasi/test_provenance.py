@@ -52,3 +52,17 @@ def test_git_missing_is_an_explicit_error_and_an_event(tmp_path, monkeypatch):
                           "error": "git rev-parse: No such file or directory"}
     events = read_jsonl(log.dir / "events.jsonl")
     assert events[0]["event"] == "git_unavailable" and events[0]["error"] == env["git"]["error"]
+
+
+def test_env_records_the_cpu_and_the_pinned_kernels(monkeypatch):
+    from dasi.provenance import environment, environment_events
+
+    env = environment()
+    assert set(env["cpu"]) == {"model", "simd"} and env["cpu"]["model"]
+    assert env["cpu_kernels"]["pinned"]  # tests pin like `dasi` does (tests/conftest.py)
+    assert env["cpu_kernels"]["vars"]["ATEN_CPU_CAPABILITY"] == "avx2"
+    assert not [e for e, _ in environment_events(env) if e == "cpu_kernels_not_pinned"]
+    monkeypatch.setenv("MKL_CBWR", "AUTO")  # a user's override is recorded and reported
+    env = environment()
+    assert not env["cpu_kernels"]["pinned"]
+    assert ("cpu_kernels_not_pinned", {"vars": env["cpu_kernels"]["vars"]}) in environment_events(env)

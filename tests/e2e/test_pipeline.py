@@ -168,17 +168,16 @@ def test_release_matches_the_published_one(repo):
     raise AssertionError(f"files differ from the published release on the same CPU ({host!r}): {differ}")
 
 
-def cpu_model() -> str | None:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return None
+def cpu_model() -> dict:
+    from dasi.provenance import cpu_info
+
+    return cpu_info()
 
 
-def published_cpu_model() -> str | None:
+def published_cpu_model() -> dict | None:
+    """The CPU (model, SIMD extensions) of the run that made the published release."""
     runs = sorted((REPO / "logs" / "release").glob("*/env.json"))
-    cpu = json.loads(runs[-1].read_text()).get("cpu") if runs else None
-    return cpu.get("model") if isinstance(cpu, dict) else None
+    return json.loads(runs[-1].read_text()).get("cpu") if runs else None
 
 
 def test_rerun_is_a_no_op_and_a_param_reruns_only_its_stages(repo):
