@@ -176,13 +176,13 @@ def pretrain(packed: Path = Path("data/packed/manifest.json"), out: Path = Path(
     from dasi.resume import FingerprintMismatch
     from dasi.stage import load_sections, run_stage
     from pretrain import pretrain_stage as stage
-    from pretrain.integrity import IntegrityError
 
     env_restart = os.environ.get("DASI_RESTART", "0")
     if env_restart not in ("0", "1"):
         raise ConfigError(f"DASI_RESTART = {env_restart!r}: allowed: 1 (start over), 0")
     restart = restart or env_restart == "1"  # so that `DASI_RESTART=1 dvc repro pretrain` starts over
-    chosen = launcher or resolve_params(params, profiles)["launcher"]
+    chosen = check_launcher(launcher or resolve_params(params, profiles)["launcher"],
+                            ("local", "torchrun", "slurm"))
     if dry_run:  # nothing runs, so nothing is logged
         cfgs, _, _ = load_sections({"pretrain": stage.PretrainConfig, "model": ModelConfig}, params,
                                    profiles)
@@ -197,10 +197,10 @@ def pretrain(packed: Path = Path("data/packed/manifest.json"), out: Path = Path(
     except FingerprintMismatch as e:
         print(f"dasi: pretrain: {e}", file=sys.stderr)
         sys.exit(3)
-    except IntegrityError as e:  # a packed file or checkpoint differs from what its writer recorded
-        print(f"dasi: integrity error: {e}", file=sys.stderr)
-        sys.exit(4)
-    write_json(metrics, summary)
+    # The metrics file is hashed into dvc.lock and the release: wall time and the number of
+    # launches differ between an interrupted run and an uninterrupted one, so they stay in the
+    # run log's summary (logs/pretrain/<run>/summary.json).
+    write_json(metrics, {k: v for k, v in summary.items() if k not in stage.HISTORY_KEYS})
 
 
 @app.command()
@@ -330,6 +330,8 @@ def logs_plot(run_dirs: Annotated[list[Path], typer.Argument(help="run folders")
 
 def main() -> None:
     from dasi.determinism import pin_cpu_kernels
+    from dasi.integrity import IntegrityError
+    from dasi.stage import MissingInputs
 
     pin_cpu_kernels()  # before any stage imports torch
     try:
@@ -337,6 +339,12 @@ def main() -> None:
     except ConfigError as e:
         print(f"dasi: config error: {e}", file=sys.stderr)
         sys.exit(2)
+    except IntegrityError as e:  # a file differs from what its writer recorded
+        print(f"dasi: integrity error: {e}", file=sys.stderr)
+        sys.exit(4)
+    except MissingInputs as e:
+        print(f"dasi: {e}", file=sys.stderr)
+        sys.exit(5)
 
 
 if __name__ == "__main__":

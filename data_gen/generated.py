@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dasi.integrity import IntegrityError
 from dasi.provenance import sha256_file
-from pretrain.integrity import IntegrityError
 
 MANIFEST_FILE = "_manifest.json"  # data_gen.generate writes it
 FORMATS = {"generated-manifest/2"}

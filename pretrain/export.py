@@ -12,9 +12,9 @@ import torch
 from pydantic import Field, PositiveInt
 
 from dasi.atomic import atomic_path, write_json
+from dasi.integrity import VerifyMode
 from dasi.model_config import ModelConfig
 from dasi.strict import StrictModel
-from pretrain.integrity import VerifyMode
 
 END_TOKEN = "<|end|>"
 

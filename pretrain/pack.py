@@ -17,9 +17,9 @@ from tqdm import tqdm
 
 from dasi.atomic import atomic_path, write_json
 from dasi.formats import read_parquet
+from dasi.integrity import FileRecord, IntegrityError, VerifyMode, check, record
 from dasi.provenance import sha256_file
 from dasi.strict import StrictModel
-from pretrain.integrity import FileRecord, IntegrityError, VerifyMode, check, record
 
 Lang = Literal["ko", "en", "code"]
 MANIFEST_FORMAT = "pack-manifest/2"

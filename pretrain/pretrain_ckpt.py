@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from dasi.atomic import write_json
-from pretrain.integrity import FileRecord, IntegrityError, VerifyMode, check, record
+from dasi.integrity import FileRecord, IntegrityError, VerifyMode, check, record
 
 LATEST = "latest"
 CHECKSUMS = "checksums.json"

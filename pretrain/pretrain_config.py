@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
+from dasi.integrity import VerifyMode
 from dasi.strict import StrictModel
-from pretrain.integrity import VerifyMode
 
 
 class ParallelConfig(StrictModel):

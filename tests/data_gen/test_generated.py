@@ -4,8 +4,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from dasi.formats import write_parquet
+from dasi.integrity import IntegrityError
 from data_gen.generated import verified_shards
-from pretrain.integrity import IntegrityError
 from tests.data_gen.conftest import write_generated
 
 

@@ -4,8 +4,8 @@ import shutil
 import pytest
 import torch
 
+from dasi.integrity import IntegrityError
 from pretrain.export import END_TOKEN, ExportConfig, megatron_to_hf, run
-from pretrain.integrity import IntegrityError
 from pretrain.pretrain_stage import run as pretrain
 from pretrain.pretrain_worker import RecordLog
 from tests.pretrain.conftest import small_cfg

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pretrain.integrity import IntegrityError
+from dasi.integrity import IntegrityError
 from pretrain.pack import PackConfig, blend_weights, load_manifest, run, verify_manifest
 from pretrain.tokenizer import TokenizerConfig
 from pretrain.tokenizer import run as train_tokenizer

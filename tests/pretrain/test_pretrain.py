@@ -8,12 +8,12 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from dasi.integrity import IntegrityError
 from dasi.model_config import parameter_count
 from dasi.resume import FingerprintMismatch
 from dasi.runlog import read_jsonl
 from pretrain import pretrain_ckpt as ckpt
 from pretrain import pretrain_launch as launch
-from pretrain.integrity import IntegrityError
 from pretrain.pretrain_config import PretrainConfig
 from pretrain.pretrain_stage import HISTORY_KEYS, SUMMARY, code_files, fingerprint_parts, run
 from pretrain.pretrain_worker import RecordLog
