@@ -12,7 +12,7 @@ def dasi(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
 def test_every_command_has_help():
     top = dasi("--help")
     assert top.returncode == 0
-    for cmd in ("teacher", "seeds", "generate", "plan", "sft-data", "curate", "tokenizer", "pack",
+    for cmd in ("config", "teacher", "seeds", "generate", "plan", "sft-data", "curate", "tokenizer", "pack",
                 "pretrain", "export",
                 "sft", "evaluate", "release", "params", "count-params"):
         out = dasi(cmd, "--help")
@@ -27,6 +27,16 @@ def test_kormo_launcher_dry_run_prints_the_slurm_job(tmp_path):
     assert "#SBATCH --nodes=16" in out.stdout and "--nproc-per-node=8" in out.stdout
     assert "pretrain.pretrain_worker" in out.stdout
     assert not (tmp_path / "logs").exists() and not (tmp_path / "data").exists()  # nothing ran
+
+
+def test_an_unknown_launcher_is_one_line_and_nothing_runs(tmp_path):
+    for stage in ("pretrain", "generate"):
+        out = dasi(stage, "--dry-run", "--launcher", "slurmm", "--params", str(REPO / "params.yaml"),
+                   "--profiles", str(REPO / "configs"), cwd=tmp_path)
+        assert out.returncode == 2, out.stderr
+        last = out.stderr.strip().splitlines()[-1]
+        assert last.startswith("dasi: config error: launcher = 'slurmm': allowed:")
+    assert not list(tmp_path.iterdir())
 
 
 def test_count_params_for_kormo(tmp_path):
