@@ -120,10 +120,16 @@ def read_lock(path: Path) -> dict[str, str]:
 
 
 def installed_packages() -> dict[str, str]:
-    """{normalized name: version} of every distribution importable here (the first one on sys.path
-    wins, as for imports). Reads only the metadata headers: ~0.07 s for 270 packages."""
+    """{normalized name: version} of every distribution installed in the environment's
+    site-packages (the first one wins, as for imports). Only those folders are searched: once
+    setuptools is imported, its vendored packages (``setuptools/_vendor``) are on sys.path too,
+    and they were never installed. Reads only the metadata headers: ~0.07 s for 270 packages."""
+    import site
+
     out: dict[str, str] = {}
-    for dist in importlib.metadata.distributions():
+    roots = [*site.getsitepackages(), site.getusersitepackages()]
+    for dist in importlib.metadata.distributions(path=[p for p in sys.path if p in roots or
+                                                       p.endswith("site-packages")]):
         text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
         head = dict(line.split(":", 1) for line in text.split("\n\n", 1)[0].splitlines()
                     if line[:1].isalpha() and ":" in line)

@@ -66,3 +66,17 @@ def test_env_records_the_cpu_and_the_pinned_kernels(monkeypatch):
     env = environment()
     assert not env["cpu_kernels"]["pinned"]
     assert ("cpu_kernels_not_pinned", {"vars": env["cpu_kernels"]["vars"]}) in environment_events(env)
+
+
+def test_vendored_packages_on_sys_path_are_not_installed_ones(monkeypatch):
+    """Importing setuptools puts setuptools/_vendor (with its .dist-info folders) on sys.path;
+    those were never installed and must not read as packages missing from the lock."""
+    from pathlib import Path
+
+    import setuptools
+
+    from dasi.provenance import installed_packages
+
+    before = installed_packages()
+    monkeypatch.syspath_prepend(str(Path(setuptools.__file__).parent / "_vendor"))
+    assert installed_packages() == before
