@@ -240,7 +240,9 @@ def evaluate_cmd(
         model: Annotated[list[str] | None, typer.Option(
             help="NAME=FOLDER, repeatable (default: base=data/hf/base sft=data/hf/sft)")] = None,
         curated: Path = Path("data/curated/documents.parquet"), tokenizer_dir: Path | None = None,
-        out: Path = Path("metrics/eval.json"), work_dir: Path = Path("data/eval"),
+        out: Path = Path("metrics/eval.json"),
+        work_dir: Annotated[Path | None, typer.Option(
+            help="keep lm-eval's caches here (default: a temporary folder)")] = None,
         params: ParamsOpt = Path("params.yaml"), profiles: ProfilesOpt = Path("configs")) -> None:
     """lm-eval tasks (KoBEST, ...) and held-out bits per byte for each model folder."""
     from dasi.stage import run_stage

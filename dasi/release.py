@@ -40,7 +40,11 @@ def upstream_lock(lock_file: Path) -> str:
     """``dvc.lock`` without the release stage's own entry: that entry hashes this copy, so
     keeping it would make every release differ from the last one made from the same data."""
     lock = yaml.safe_load(Path(lock_file).read_text())
-    lock.get("stages", {}).pop("release", None)
+    stages = lock.get("stages", {})
+    stages.pop("release", None)
+    # By name: DVC appends a new stage's entry at the end, so the order tells a repository's
+    # history, not what made the release.
+    lock["stages"] = dict(sorted(stages.items()))
     return yaml.safe_dump(lock, sort_keys=False, allow_unicode=True)
 
 

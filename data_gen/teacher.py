@@ -28,6 +28,7 @@ from pydantic import Field, model_validator
 
 from dasi.atomic import atomic_path, write_json
 from dasi.config import ConfigError
+from dasi.hf_save import save_tokenizer
 from dasi.provenance import sha256_file, sha256_text
 from dasi.strict import StrictModel
 
@@ -141,7 +142,7 @@ def gguf_to_folder(gguf: Path, dtype: str, out: Path) -> None:
         raise RuntimeError(f"GGUF conversion: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.generation_config = loaded.generation_config
     model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(gguf.parent, **kwargs).save_pretrained(out)
+    save_tokenizer(AutoTokenizer.from_pretrained(gguf.parent, **kwargs), out)
 
 
 def copy_folder(src: Path, out: Path) -> None:

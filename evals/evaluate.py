@@ -9,6 +9,7 @@ Results (``metrics/eval.json``)::
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -82,8 +83,10 @@ def _tokenizer_for(path: Path, fallback: Path | None) -> Path:
 
 
 def run(cfg: EvaluateConfig, models: dict[str, Path], curated: Path, tokenizer_dir: Path | None,
-        out: Path, work_dir: Path, log: RunLog) -> dict[str, Any]:
-    """Evaluate every model; write ``out`` (JSON); lm-eval caches and logs stay in ``work_dir``."""
+        out: Path, work_dir: Path | None, log: RunLog) -> dict[str, Any]:
+    """Evaluate every model; write ``out`` (JSON). lm-eval's caches go to ``work_dir`` (default:
+    a temporary folder, removed after: they hold absolute paths and locks, not results), its
+    log to the run log's folder."""
     if not models:
         raise ValueError("evaluate: no models given")
     unknown = set(cfg.chat_template) - set(models)
@@ -101,7 +104,11 @@ def run(cfg: EvaluateConfig, models: dict[str, Path], curated: Path, tokenizer_d
         "tasks": [t.model_dump() for t in cfg.tasks], "num_fewshot": cfg.num_fewshot, "limit": cfg.limit,
         "batch_size": cfg.batch_size, "dtype": cfg.dtype, "device": device, "seed": cfg.seed,
     }
-    harness = run_in_child(spec, Path(work_dir)) if cfg.tasks else {n: {} for n in models}
+    if cfg.tasks:
+        with tempfile.TemporaryDirectory(prefix="dasi-eval-") as tmp:
+            harness = run_in_child(spec, Path(work_dir or tmp), log.dir)
+    else:
+        harness = {n: {} for n in models}
     log.event("lm_eval_done", seconds=round(time.time() - t0, 2))
 
     results: dict[str, Any] = {}

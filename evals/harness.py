@@ -112,8 +112,10 @@ def evaluate_models(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_in_child(spec: dict[str, Any], work_dir: Path) -> dict[str, Any]:
-    """Run :func:`evaluate_models` in a fresh interpreter with every HF cache under ``work_dir``."""
+def run_in_child(spec: dict[str, Any], work_dir: Path, log_dir: Path) -> dict[str, Any]:
+    """Run :func:`evaluate_models` in a fresh interpreter with every HF cache under ``work_dir``
+    (scratch: its caches hold absolute paths and lock files); lm-eval's output goes to
+    ``log_dir/harness.log``, the run log's folder."""
     work_dir.mkdir(parents=True, exist_ok=True)
     spec_path, out_path = work_dir / "spec.json", work_dir / "harness.json"
     spec_path.write_text(json.dumps({**spec, "work_dir": str(work_dir.resolve())}, indent=1))
@@ -123,10 +125,10 @@ def run_in_child(spec: dict[str, Any], work_dir: Path) -> dict[str, Any]:
            "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true"}
     proc = subprocess.run([sys.executable, "-m", "evals.harness", str(spec_path), str(out_path)],
                           env=env, capture_output=True, text=True)
-    (work_dir / "harness.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
+    log = Path(log_dir) / "harness.log"
+    log.write_text(proc.stdout + proc.stderr, encoding="utf-8")
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
-        log = work_dir / "harness.log"
         raise RuntimeError(f"lm-eval failed (exit {proc.returncode}); see {log}:\n{tail}")
     return json.loads(out_path.read_text())
 

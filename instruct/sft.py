@@ -21,6 +21,7 @@ from pydantic import Field
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TrainerCallback
 
 from dasi.atomic import atomic_path, write_json
+from dasi.hf_save import save_tokenizer
 from dasi.runlog import RunLog
 from dasi.strict import StrictModel
 from instruct.chats import SEED_FILE, Chat, read_chats, split_heldout
@@ -173,7 +174,7 @@ def run(cfg: SFTConfig, base: Path, tokenizer_dir: Path | None, extra_chats: lis
         trainer.model.config.use_cache = True  # the trainer turns it off for training
         with atomic_path(Path(out)) as tmp:
             trainer.save_model(str(tmp))
-            tok.save_pretrained(str(tmp))
+            save_tokenizer(tok, tmp)
             (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle naming the scratch dir
             (tmp / "dasi_sft.json").write_text(json.dumps({
                 "base": str(base), "seed": cfg.seed, "train_chats": [c.id for c in train],

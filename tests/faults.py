@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -25,13 +26,18 @@ def timed_run(cmd: list[str], **kw) -> float:
     return time.time() - t
 
 
-def kill_then_finish(cmd: list[str], delays: list[float], **kw) -> list[bool]:
+def kill_then_finish(cmd: list[str], delays: list[float], ready: Callable[[], bool] | None = None,
+                     **kw) -> list[bool]:
     """For each delay, start ``cmd`` and SIGKILL its whole process group after that long (the
-    run may finish first); then run it to completion. Returns which attempts were killed."""
+    run may finish first), counted from when ``ready()`` holds (e.g. a first checkpoint exists:
+    how long a run takes to get there depends on the machine's load); then run it to
+    completion. Returns which attempts were killed."""
     killed = []
     for delay in delays:
         proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, **kw)
+        while ready is not None and not ready() and proc.poll() is None:
+            time.sleep(0.05)
         try:
             proc.wait(timeout=delay)
             killed.append(False)

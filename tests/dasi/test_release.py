@@ -16,7 +16,8 @@ def test_release_folder_card_and_checksums(tmp_path, tiny_model, runlog):
     (metrics / "curate.json").write_text(json.dumps(
         {"kept_by_source": {"kolaw": {"documents": 3, "bytes": 1200}}, "synthetic_ko_failed": 7}))
     lock = tmp_path / "dvc.lock"
-    lock.write_text("schema: '2.0'\nstages:\n  pack: {cmd: dasi pack}\n  release: {cmd: dasi release}\n")
+    lock.write_text("schema: '2.0'\nstages:\n  pack: {cmd: dasi pack}\n  release: {cmd: dasi release}\n"
+                    "  config: {cmd: dasi config}\n")
     model = ModelConfig.model_validate(yaml.safe_load((REPO / "configs/tiny.yaml").read_text())["model"])
     out = tmp_path / "release"
     with runlog("release") as log:
@@ -32,8 +33,9 @@ def test_release_folder_card_and_checksums(tmp_path, tiny_model, runlog):
     assert "`kolaw`: 3 documents, 1,200 bytes" in card and "걸러진 요청 수: 7" in card
     assert "360,768" in card
     # the release's lock is the upstream one: its own entry would hash this very copy
-    assert yaml.safe_load((out / "dvc.lock").read_text()) == {"schema": "2.0", "stages": {
-        "pack": {"cmd": "dasi pack"}}}
+    # ... with its stages in name order (DVC appends new stages' entries at the end)
+    assert (out / "dvc.lock").read_text() == ("schema: '2.0'\nstages:\n  config:\n    cmd: dasi config\n"
+                                              "  pack:\n    cmd: dasi pack\n")
     assert set(json.loads((out / "results.json").read_text())) == {"eval", "curate"}
     (out / "models/sft/config.json").write_text("{}")  # tampering is caught
     assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=out,

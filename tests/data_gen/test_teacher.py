@@ -29,6 +29,8 @@ def test_package_teacher_folder_and_manifest(teachers_dir):
     assert len(m["source"]["gguf_sha256"]) == 64
     # SmolLM2's GGUF says it adds no BOS (its chat template starts each turn itself): left alone.
     assert m["tokenizer_bos"] == {"bos_token": "<|im_start|>", "adds_bos": False, "fixed": False}
+    # how this machine loaded it (tests run with HF_HUB_OFFLINE=1) is not saved with it
+    assert "local_files_only" not in json.loads((folder / "tokenizer_config.json").read_text())
 
 
 def test_bos_is_added_when_the_model_expects_it(teachers_dir, tmp_path):

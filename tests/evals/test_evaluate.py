@@ -107,7 +107,7 @@ def test_evaluate_two_models(tiny_model: Path, tmp_path: Path, curated: Path) ->
     # every lm-eval / datasets cache landed in the work folder
     assert (work / "hf_home" / "datasets").is_dir()
     assert (work / "tasks" / "kobest_copa_local.yaml").is_file()
-    assert "Running loglikelihood requests" in (work / "harness.log").read_text()
+    assert "Running loglikelihood requests" in (log.dir / "harness.log").read_text()  # in the run log
     summary = json.loads((log.dir / "summary.json").read_text())
     assert summary["base/kobest_copa/acc"] == report["models"]["base"]["tasks"]["kobest_copa"]["acc"]
 

@@ -72,6 +72,8 @@ def test_sft_run_lowers_heldout_loss_saves_a_loadable_model_and_is_deterministic
     assert digests(out) == digests(out2)  # every file of the model folder is byte-identical
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
             "tokenizer_config.json", "chat_template.jinja", "dasi_sft.json"} == set(digests(out))
+    # HF_HUB_OFFLINE=1 in the tests: how the tokenizer was loaded is not saved with it
+    assert "local_files_only" not in json.loads((out / "tokenizer_config.json").read_text())
     assert metrics == metrics2  # no timings in the metrics file: it is hashed into dvc.lock
 
     # the run log mirrors trainer logs and the held-out losses

@@ -62,8 +62,10 @@ def test_pretrain_killed_anywhere_gives_the_uninterrupted_bytes(tmp_path, packed
                warmup_steps=1, eval_interval=5, eval_iters=1, save_interval=2)
     cmd = dasi(*PRETRAIN)
     ref, ws = cli_workspace(tmp_path / "ref", packed, cfg), cli_workspace(tmp_path / "run", packed, cfg)
-    wall = timed_run(cmd, cwd=ref, env=ENV)
-    killed = kill_then_finish(cmd, seeded_delays(5, 3, 0.5 * wall, 0.95 * wall), cwd=ws, env=ENV)
+    timed_run(cmd, cwd=ref, env=ENV)
+    # seeded moments after the first checkpoint exists, so that a resume is always tested
+    killed = kill_then_finish(cmd, seeded_delays(5, 3, 0.0, 1.5), cwd=ws, env=ENV,
+                              ready=lambda: (ws / "checkpoints" / "latest").exists())
     assert any(killed) and "resume" in _events(ws)  # a kill landed after a checkpoint
 
     def outputs(root: Path) -> dict[str, str]:  # history/ holds wall times and launch counts
