@@ -3,12 +3,13 @@ library's source as code, and datasets by hub id (or local files) through ``data
 
 from __future__ import annotations
 
+import re
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, field_validator
 
 from dasi.strict import StrictModel
 
@@ -29,6 +30,7 @@ class KonlpySource(_Source):
 class StdlibSource(_Source):
     type: Literal["python_stdlib"]
     include: list[str] = Field(min_length=1, description="globs relative to the stdlib folder")
+    exclude: list[str] = Field(default_factory=list, description="globs to leave out (e.g. test data)")
 
 
 class PydocTopicsSource(_Source):
@@ -37,13 +39,30 @@ class PydocTopicsSource(_Source):
     type: Literal["pydoc_topics"]
 
 
+# datasets' packaged builders: a ``path`` of this name reads ``data_files``, not the hub.
+BUILDERS = frozenset({"json", "parquet", "csv", "text", "arrow"})
+
+
 class HubSource(_Source):
     type: Literal["hub"]
     path: str = Field(description="hub dataset id, a builder name (json, parquet) or a local folder")
+    revision: str | None = Field(None, description="hub commit (40 hex); required for a hub id")
     config_name: str | None = None
+    data_dir: str | None = Field(None, description="folder inside the dataset (e.g. a language)")
     data_files: list[str] | None = None
     split: str = "train"
     text_field: str = "text"
+    streaming: bool = Field(False, description="read rows as they download (terabyte sources)")
+
+    @field_validator("revision")
+    @classmethod
+    def _pinned(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[0-9a-f]{40}", v):
+            raise ValueError(f"revision {v!r}: pin a hub dataset to a 40-hex commit")
+        return v
+
+    def is_hub_id(self) -> bool:
+        return self.path not in BUILDERS and not Path(self.path).exists()
 
 
 SourceConfig = Annotated[
@@ -81,9 +100,16 @@ def _konlpy_files(src: KonlpySource) -> Iterator[tuple[str, str]]:
 
 def _stdlib_files(src: StdlibSource) -> Iterator[tuple[str, str]]:
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted({p for pattern in src.include for p in root.glob(pattern) if p.is_file()})
+    excluded = {p for pattern in src.exclude for p in root.glob(pattern)}
+    files = sorted({p for pattern in src.include for p in root.glob(pattern) if p.is_file()} - excluded)
     for path in files:
-        yield f"stdlib:{path.relative_to(root).as_posix()}", path.read_text(encoding="utf-8")
+        rel = path.relative_to(root).as_posix()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:  # the stdlib ships a few Latin-1 test files
+            raise ValueError(f"seeds.sources[{src.name}]: {rel} is not UTF-8 ({e.reason}); "
+                             f"add it to the source's exclude globs") from None
+        yield f"stdlib:{rel}", text
 
 
 def _pydoc_topics(src: PydocTopicsSource) -> Iterator[tuple[str, str]]:
@@ -96,8 +122,12 @@ def _pydoc_topics(src: PydocTopicsSource) -> Iterator[tuple[str, str]]:
 def _hub_rows(src: HubSource) -> Iterator[tuple[str, str]]:
     import datasets
 
+    if src.is_hub_id() and src.revision is None:
+        raise ValueError(f"seeds.sources[{src.name}].revision: pin hub dataset {src.path} to a 40-hex "
+                         f"commit (the data must not change under a re-run)")
     ds = datasets.load_dataset(
-        src.path, src.config_name, split=src.split, data_files=src.data_files
+        src.path, src.config_name, split=src.split, data_dir=src.data_dir, data_files=src.data_files,
+        revision=src.revision, streaming=src.streaming,
     )
     for i, row in enumerate(ds):
         yield f"hub:{src.path}/{src.split}/{i}", row[src.text_field]

@@ -1,6 +1,10 @@
 import json
+import sysconfig
+from pathlib import Path
 
-from data_gen.sources import HubSource, chunk_text, iter_documents
+import pytest
+
+from data_gen.sources import HubSource, StdlibSource, chunk_text, iter_documents
 
 
 def test_chunks_respect_the_limit_and_keep_all_text():
@@ -33,3 +37,38 @@ def test_hub_source_reads_a_local_dataset_folder(tmp_path):
     (tmp_path / "data.jsonl").write_text('{"text": "hello world from a folder"}\n')
     src = HubSource(name="folder", type="hub", lang="en", path=str(tmp_path))
     assert [d["text"] for d in iter_documents(src)] == ["hello world from a folder"]
+
+
+def test_a_hub_id_without_a_pinned_revision_is_refused_before_any_download():
+    src = HubSource(name="fw", type="hub", lang="ko", path="HuggingFaceFW/fineweb-2", config_name="kor_Hang")
+    with pytest.raises(ValueError, match=r"seeds.sources\[fw\].revision: pin hub dataset"):
+        next(iter_documents(src))
+    with pytest.raises(ValueError, match="40-hex"):
+        HubSource(name="fw", type="hub", lang="ko", path="HuggingFaceFW/fineweb-2", revision="main")
+
+
+def test_a_stdlib_file_that_is_not_utf8_stops_with_its_name_and_can_be_excluded():
+    bad = "test/encoded_modules/module_iso_8859_1.py"
+    if not (Path(sysconfig.get_paths()["stdlib"]) / bad).is_file():
+        pytest.skip("this Python ships without its test package")
+    src = StdlibSource(name="std", type="python_stdlib", lang="code", include=[bad])
+    with pytest.raises(ValueError, match=r"seeds.sources\[std\]: test/encoded_modules/module_iso_8859_1.py "
+                                         r"is not UTF-8"):
+        list(iter_documents(src))
+    src = StdlibSource(name="std", type="python_stdlib", lang="code", include=["test/encoded_modules/*.py"],
+                       exclude=["test/encoded_modules/module_iso_8859_1.py",
+                                "test/encoded_modules/module_koi8_r.py"])
+    origins = {d["origin"].split("#")[0] for d in iter_documents(src)}
+    assert origins == {"stdlib:test/encoded_modules/__init__.py"}
+
+
+def test_the_cluster_profile_reads_code_from_a_real_corpus_not_the_stdlib():
+    import yaml
+
+    from dasi.config import validate_section
+    from data_gen.seeds import SeedsConfig
+
+    profile = yaml.safe_load(open("configs/kormo-10.8b.yaml", encoding="utf-8"))
+    cfg = validate_section("seeds", profile["seeds"], SeedsConfig)
+    code = [s for s in cfg.sources if s.lang == "code"]
+    assert code and all(s.type == "hub" and s.path == "bigcode/starcoderdata" and s.streaming for s in code)
