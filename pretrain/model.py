@@ -119,9 +119,13 @@ def transformer_config(m: ModelConfig, bf16: bool = False, initialize: bool = Tr
     )
 
 
-def layer_spec(use_te: bool | None = None):
+def layer_spec(use_te: bool | None = None, sdpa: bool | None = None):
     """Transformer Engine layers when ``use_te`` (default: when available), else the local ones;
-    training records which one it used (``layer_spec`` in its summary and checkpoints)."""
+    training records which one it used (``layer_spec`` in its summary and checkpoints).
+
+    The local layers' core attention is :class:`~pretrain.sdpa_attention.SdpaAttention` when
+    ``sdpa`` (default: on GPU), else megatron's ``DotProductAttention``. The CPU default stays
+    ``DotProductAttention``: the CPU pipeline's released checksums were computed with it."""
     from megatron.core.models.gpt.gpt_layer_specs import (
         get_gpt_layer_local_spec,
         get_gpt_layer_with_transformer_engine_spec,
@@ -129,7 +133,13 @@ def layer_spec(use_te: bool | None = None):
 
     if have_transformer_engine() if use_te is None else use_te:
         return get_gpt_layer_with_transformer_engine_spec()
-    return get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    if on_gpu() if sdpa is None else sdpa:
+        from pretrain.sdpa_attention import SdpaAttention
+
+        # get_gpt_layer_local_spec builds a new spec on every call: changing it here is private.
+        spec.submodules.self_attention.submodules.core_attention = SdpaAttention
+    return spec
 
 
 def tp_numel(model: torch.nn.Module) -> int:
@@ -144,11 +154,12 @@ def tp_numel(model: torch.nn.Module) -> int:
 
 
 def build_gpt(m: ModelConfig, bf16: bool = False, use_te: bool | None = None,
-              tokenizer_vocab: int | None = None, meta: bool = False):
+              tokenizer_vocab: int | None = None, meta: bool = False, sdpa: bool | None = None):
     """The GPTModel for ``m`` on this rank; its size must equal ``parameter_count(m)``.
 
     ``meta=True`` builds without initialising (the untouched CPU pages are never committed) and
-    moves the model to the meta device: a 10.8B shape can be checked on a laptop."""
+    moves the model to the meta device: a 10.8B shape can be checked on a laptop. ``sdpa`` picks
+    the local layers' core attention (see :func:`layer_spec`)."""
     import megatron.core.parallel_state as mpu
     from megatron.core.models.gpt import GPTModel
 
@@ -160,7 +171,7 @@ def build_gpt(m: ModelConfig, bf16: bool = False, use_te: bool | None = None,
         raise ValueError(f"vocab_size, num_query_groups and ffn_hidden_size must divide by TP={tp}")
     model = GPTModel(
         config=transformer_config(m, bf16, initialize=not meta),
-        transformer_layer_spec=layer_spec(use_te),
+        transformer_layer_spec=layer_spec(use_te, sdpa),
         vocab_size=m.vocab_size,
         max_sequence_length=m.seq_length,
         share_embeddings_and_output_weights=not m.untie_embeddings,
