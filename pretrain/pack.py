@@ -1,5 +1,11 @@
-"""Stage ``pack``: tokenize curated documents into megatron-core ``.bin/.idx`` files, one per
-source for training and one per language for validation, plus the blend manifest pretrain reads.
+"""Stage ``pack``: tokenize the curated shards into megatron-core ``.bin/.idx`` files, one per
+curated shard and dataset (a source for training, a language for validation), plus the blend
+manifest pretrain reads and the mix report (tokens and epochs per source, ``metrics/mix.json``).
+
+Worker processes take one curated shard each and stream its record batches, so memory is flat
+in corpus size. Per-shard files are listed in the manifest, not merged: megatron's
+``IndexedDatasetBuilder.add_index`` keeps every document's length in a Python list, so a merged
+file would cost memory in proportion to the whole dataset, and copy every byte a second time.
 
 The manifest records each file's size and sha256 and is written last: it is the commit point, and
 :func:`verify_manifest` checks every file against it before pretrain or export read them."""
@@ -7,31 +13,39 @@ The manifest records each file's size and sha256 and is written last: it is the 
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt
-from tqdm import tqdm
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from dasi.atomic import atomic_path, write_json
-from dasi.formats import read_parquet
 from dasi.integrity import FileRecord, IntegrityError, VerifyMode, check, record
 from dasi.provenance import sha256_file
 from dasi.strict import StrictModel
+from pretrain.mix import mix_report
 
 Lang = Literal["ko", "en", "code"]
-MANIFEST_FORMAT = "pack-manifest/2"
+MANIFEST_FORMAT = "pack-manifest/3"
 REPACK = "Re-create the packed data with: dvc repro -f pack"
+READ_COLUMNS = ["text", "source", "lang", "split"]
 
 
 class PackConfig(StrictModel):
     blend: dict[Lang, NonNegativeFloat] = Field(description="target share of training tokens per language")
-    encode_batch: PositiveInt = 256
+    encode_batch: PositiveInt = Field(256, description="documents per tokenizer call (and per read)")
+    workers: PositiveInt = Field(1, description="tokenizing processes, one curated shard each at a time")
+    # Muennighoff et al. 2023 (Scaling Data-Constrained Language Models): up to ~4 epochs of
+    # repeated data train about as well as fresh data; beyond that returns fall fast.
+    max_epochs: PositiveFloat = Field(4.0, description="most epochs any training source may be drawn")
 
 
 class PackedDataset(StrictModel):
+    """One curated shard's documents of one dataset; a dataset is every entry sharing its name."""
     name: str
     prefix: str = Field(description="path without .bin/.idx, relative to the manifest")
     lang: Lang
@@ -44,7 +58,7 @@ class PackedDataset(StrictModel):
 
 
 class PackManifest(StrictModel):
-    format: Literal["pack-manifest/2"] = MANIFEST_FORMAT
+    format: Literal["pack-manifest/3"] = MANIFEST_FORMAT
     tokenizer_sha256: str
     vocab_size: PositiveInt
     eos_id: NonNegativeInt
@@ -75,15 +89,6 @@ def verify_manifest(path: Path, mode: VerifyMode = "sha256") -> PackManifest:
     return manifest
 
 
-def write_indexed(prefix: Path, docs: list[list[int]], dtype: type) -> None:
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
-    builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=dtype)
-    for ids in docs:
-        builder.add_document(np.asarray(ids, dtype=dtype), [len(ids)])
-    builder.finalize(f"{prefix}.idx")
-
-
 def blend_weights(tokens: dict[str, int], langs: dict[str, str], blend: dict[str, float]) -> dict[str, float]:
     """Each language gets its target share; its sources share it in proportion to their tokens."""
     missing = sorted({lang for lang in langs.values()} - set(blend))
@@ -99,67 +104,128 @@ def blend_weights(tokens: dict[str, int], langs: dict[str, str], blend: dict[str
     return {n: w / total for n, w in raw.items()}
 
 
-def _group_texts(curated_file: Path) -> dict[tuple[str, str, str], list[str]]:
-    """Texts by (split, dataset name, language): one training set per source, one held-out set
-    per language."""
-    groups: dict[tuple[str, str, str], list[str]] = defaultdict(list)
-    for d in read_parquet(curated_file, "curated").to_pylist():
-        split = "train" if d["split"] == "train" else "valid"
-        name = d["source"] if split == "train" else f"heldout_{d['lang']}"
-        groups[(split, name, d["lang"])].append(d["text"])
-    return groups
+# -- one shard, in a worker process ------------------------------------------------------------
+
+class _Worker:
+    """Per-process state: the tokenizer, loaded once by the pool's initializer."""
+    tok = None
 
 
-def _encode(tok, texts: list[str], batch: int) -> list[list[int]]:
-    ids = []
-    for i in range(0, len(texts), batch):
-        enc = tok(texts[i: i + batch], add_special_tokens=False)["input_ids"]
-        # <bos> text <eos>: the document boundary megatron's GPTDataset sees.
-        ids.extend([tok.bos_token_id, *e, tok.eos_token_id] for e in enc)
-    return ids
+def _init_worker(tokenizer_file: str) -> None:
+    from tokenizers import Tokenizer
+
+    # One core per worker: ``workers`` is the number of cores pack uses (the Rust tokenizer
+    # would otherwise start a thread per core in every worker).
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _Worker.tok = Tokenizer.from_file(tokenizer_file)
 
 
-def _set_weights(entries: list[dict], blend: dict[str, float]) -> None:
-    for split in ("train", "valid"):
-        sel = [e for e in entries if e["split"] == split]
-        if split == "train":
-            weights = blend_weights({e["name"]: e["tokens"] for e in sel},
-                                    {e["name"]: e["lang"] for e in sel}, blend)
-        else:  # validation: every language's held-out text counts by its own tokens
-            total = sum(e["tokens"] for e in sel) or 1
-            weights = {e["name"]: e["tokens"] / total for e in sel}
-        for e in sel:
-            e["weight"] = round(weights[e["name"]], 6)
+def dataset_of(split: str, source: str, lang: str) -> tuple[str, str]:
+    """(split, dataset name): one training set per source, one validation set per language."""
+    return ("train", source) if split == "train" else ("valid", f"heldout_{lang}")
 
 
-def run(cfg: PackConfig, curated_file: Path, tokenizer_dir: Path, out_dir: Path, log) -> PackManifest:
+def pack_shard(shard: str, out_root: str, bos: int, eos: int, dtype_name: str, batch: int) -> list[dict]:
+    """Tokenize one curated shard into ``<out_root>/<dataset>/<shard stem>.bin/.idx``; returns one
+    entry per dataset present in the shard, in name order. Holds one record batch of text and one
+    builder per dataset (megatron's builder keeps this shard's document lengths)."""
+    import pyarrow.parquet as pq
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    dtype = np.dtype(dtype_name).type
+    stem = Path(shard).stem
+    builders: dict[tuple[str, str], IndexedDatasetBuilder] = {}
+    stats: dict[tuple[str, str], dict] = {}
+    for rb in pq.ParquetFile(shard).iter_batches(batch_size=batch, columns=READ_COLUMNS):
+        cols = rb.to_pydict()
+        encoded = _Worker.tok.encode_batch(cols["text"], add_special_tokens=False)
+        for enc, source, lang, split in zip(encoded, cols["source"], cols["lang"], cols["split"], strict=True):
+            key = dataset_of(split, source, lang)
+            if key not in builders:
+                (Path(out_root) / key[1]).mkdir(parents=True, exist_ok=True)
+                builders[key] = IndexedDatasetBuilder(str(Path(out_root) / key[1] / f"{stem}.bin"), dtype=dtype)
+                stats[key] = {"lang": lang, "documents": 0, "tokens": 0}
+            # <bos> text <eos>: the document boundary megatron's GPTDataset sees.
+            ids = np.empty(len(enc.ids) + 2, dtype=dtype)
+            ids[0], ids[1:-1], ids[-1] = bos, enc.ids, eos
+            builders[key].add_document(ids, [ids.size])
+            stats[key]["documents"] += 1
+            stats[key]["tokens"] += ids.size
+    entries = []
+    for (split, name), builder in sorted(builders.items()):
+        prefix = Path(out_root) / name / stem
+        builder.finalize(f"{prefix}.idx")
+        entries.append({"name": name, "prefix": f"{name}/{stem}", "split": split, **stats[(split, name)],
+                        "bin": record(Path(f"{prefix}.bin")).model_dump(),
+                        "idx": record(Path(f"{prefix}.idx")).model_dump()})
+    return entries
+
+
+def pack_shards(shards: list[Path], out_root: Path, tokenizer_file: Path, bos: int, eos: int,
+                dtype_name: str, batch: int, workers: int) -> list[dict]:
+    """Every shard's entries, in shard order whatever ``workers`` is (so the bytes are too)."""
+    args = [(str(s), str(out_root), bos, eos, dtype_name, batch) for s in shards]
+    # spawn: a forked child of a process that has started threads (torch, tokenizers) can hang.
+    with ProcessPoolExecutor(max_workers=min(workers, max(len(shards), 1)), mp_context=get_context("spawn"),
+                             initializer=_init_worker, initargs=(str(tokenizer_file),)) as pool:
+        return [e for entries in pool.map(pack_shard, *zip(*args, strict=True)) for e in entries]
+
+
+# -- the stage ---------------------------------------------------------------------------------
+
+def set_weights(entries: list[dict], blend: dict[str, float]) -> dict[str, float]:
+    """Give each per-shard entry its blend weight; returns the weight of each training source.
+
+    A training source gets its language's share split by tokens (:func:`blend_weights`), and its
+    shards share that by their tokens, so every shard of a source is drawn the same number of
+    epochs. Validation: every language's held-out text counts by its own tokens."""
+    train = [e for e in entries if e["split"] == "train"]
+    source_tokens: dict[str, int] = defaultdict(int)
+    for e in train:
+        source_tokens[e["name"]] += e["tokens"]
+    weights = blend_weights(dict(source_tokens), {e["name"]: e["lang"] for e in train}, blend)
+    for e in train:
+        e["weight"] = weights[e["name"]] * e["tokens"] / source_tokens[e["name"]] if e["tokens"] else 0.0
+    valid = [e for e in entries if e["split"] == "valid"]
+    total = sum(e["tokens"] for e in valid) or 1
+    for e in valid:
+        e["weight"] = e["tokens"] / total
+    return weights
+
+
+def run(cfg: PackConfig, budget_tokens: int, curated_dir: Path, tokenizer_dir: Path, out_dir: Path,
+        mix_file: Path, log) -> PackManifest:
     """Write ``out_dir`` whole or not at all: into a temp sibling, renamed when the manifest is in,
-    so a killed run leaves no partial files among the outputs."""
+    so a killed run leaves no partial files among the outputs. A source drawn more than
+    ``cfg.max_epochs`` times by ``budget_tokens`` stops the stage before anything is written."""
     from megatron.core.datasets.indexed_dataset import DType
     from transformers import AutoTokenizer
 
+    from data_gen.curated import curated_shards, read_manifest
+
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    dtype = DType.optimal_dtype(len(tok))
-    groups = _group_texts(curated_file)
-    entries = []
+    dtype = np.dtype(DType.optimal_dtype(len(tok))).name
+    # As strongly as curate recorded them: sha256, or sizes only for multi-terabyte data.
+    shards = curated_shards(curated_dir, read_manifest(curated_dir)["verify"])
     with atomic_path(Path(out_dir)) as tmp:
         tmp.mkdir()
-        for (split, name, lang), texts in tqdm(sorted(groups.items()), desc="pack", unit="dataset"):
-            ids = _encode(tok, texts, cfg.encode_batch)
-            write_indexed(tmp / name, ids, dtype)
-            entries.append({"name": name, "prefix": name, "lang": lang, "split": split,
-                            "documents": len(ids), "tokens": sum(map(len, ids)), "weight": 0.0,
-                            "bin": record(tmp / f"{name}.bin"), "idx": record(tmp / f"{name}.idx")})
-            log.log({"dataset": name, "documents": len(ids), "tokens": entries[-1]["tokens"]})
-        _set_weights(entries, cfg.blend)
+        entries = pack_shards(shards, tmp, Path(tokenizer_dir) / "tokenizer.json", tok.bos_token_id,
+                              tok.eos_token_id, dtype, cfg.encode_batch, cfg.workers)
+        entries.sort(key=lambda e: (e["split"], e["name"], e["prefix"]))
+        weights = set_weights(entries, cfg.blend)
+        mix = mix_report(entries, weights, budget_tokens, cfg.max_epochs)  # raises before any output
+        for name, m in mix["sources"].items():
+            log.log({"dataset": name, "tokens": m["tokens_available"], "epochs": m["epochs"]})
         manifest = PackManifest(
-            tokenizer_sha256=sha256_file(tokenizer_dir / "tokenizer.json"),
+            tokenizer_sha256=sha256_file(Path(tokenizer_dir) / "tokenizer.json"),
             vocab_size=len(tok),
             eos_id=tok.eos_token_id,
             bos_id=tok.bos_token_id,
-            dtype=np.dtype(dtype).name,
+            dtype=dtype,
             datasets=[PackedDataset(**e) for e in entries],
         )
         write_json(tmp / "manifest.json", manifest.model_dump(mode="json"))
-    log.summary({f"tokens_{s}": sum(d.tokens for d in manifest.split(s)) for s in ("train", "valid")})
+    write_json(mix_file, mix)
+    log.summary({f"tokens_{s}": sum(d.tokens for d in manifest.split(s)) for s in ("train", "valid")}
+                | {"max_epochs_drawn": max((m["epochs"] for m in mix["sources"].values()), default=0.0)})
     return manifest

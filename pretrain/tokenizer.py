@@ -1,9 +1,14 @@
 """Stage ``tokenizer``: train a byte-level BPE on a language-balanced sample of curated text,
 save it as a transformers tokenizer folder with a chat template, and measure its efficiency
-(characters per token per language on held-out text) beside reference tokenizers."""
+(characters per token per language on held-out text) beside reference tokenizers.
+
+The samples are bounded and seeded (:class:`CharReservoir`): one streaming pass over the curated
+shards keeps at most the configured characters per language, whatever the corpus size."""
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 from pathlib import Path
 from typing import Literal
 
@@ -11,8 +16,6 @@ from pydantic import Field, PositiveInt
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from dasi.atomic import atomic_path, write_json
-from dasi.formats import read_parquet
-from dasi.splits import id_hash
 from dasi.strict import StrictModel
 
 Lang = Literal["ko", "en", "code"]
@@ -41,27 +44,70 @@ class TokenizerConfig(StrictModel):
     vocab_size: int = Field(ge=300, le=1_000_000)
     min_frequency: PositiveInt = 2
     sample_chars: dict[Lang, PositiveInt] = Field(description="training characters per language")
+    heldout_chars: PositiveInt = Field(2_000_000, description="held-out characters per language for "
+                                       "the efficiency table")
+    seed: int = Field(0, description="which documents the bounded samples take")
     references: list[str] = ["cl100k_base", "o200k_base", "llama3", "qwen3"]
 
 
-def stable_order(docs: list[dict]) -> list[dict]:
-    return sorted(docs, key=lambda d: id_hash(d["doc_id"]))
+class CharReservoir:
+    """The documents with the smallest seeded hash keys whose characters reach ``budget``.
+
+    A key is sha256(seed, doc_id), so the sample is uniform and the same set whatever order or
+    sharding the documents arrive in. Holds at most ``budget`` characters plus one document: a
+    document is dropped as soon as the ones with smaller keys fill the budget without it."""
+
+    def __init__(self, budget: int, seed: int) -> None:
+        self.budget, self.seed = budget, seed
+        self._heap: list[tuple[int, str]] = []  # (-key, text): the largest key on top
+        self.chars = 0
+
+    def key(self, doc_id: str) -> int:
+        return int.from_bytes(hashlib.sha256(f"{self.seed}:{doc_id}".encode()).digest())
+
+    def wants(self, key: int) -> bool:
+        return self.chars < self.budget or key < -self._heap[0][0]
+
+    def add(self, key: int, text: str) -> None:
+        heapq.heappush(self._heap, (-key, text))
+        self.chars += len(text)
+        while self.chars - len(self._heap[0][1]) >= self.budget:
+            self.chars -= len(heapq.heappop(self._heap)[1])
+
+    def texts(self) -> list[str]:
+        """The kept texts by key, the last cut so that they hold exactly ``budget`` characters."""
+        out, n = [], 0
+        for _, text in sorted(self._heap, reverse=True):
+            out.append(text[: self.budget - n])
+            n += len(out[-1])
+        return out
 
 
-def training_sample(docs: list[dict], sample_chars: dict[str, int]) -> dict[str, list[str]]:
-    """Per language, train-split documents in a stable order until its character budget is met."""
-    sample: dict[str, list[str]] = {}
-    for lang, budget in sample_chars.items():
-        texts, n = [], 0
-        for d in stable_order([d for d in docs if d["lang"] == lang and d["split"] == "train"]):
-            if n >= budget:
-                break
-            texts.append(d["text"][: budget - n])
-            n += len(texts[-1])
-        if not texts:
-            raise ValueError(f"tokenizer.sample_chars: no curated training text in language {lang!r}")
-        sample[lang] = texts
-    return sample
+def sample_curated(curated_dir: Path, cfg: TokenizerConfig) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """(training sample, held-out sample) per language, streamed from the curated shards: the
+    train split up to ``sample_chars``, the held-out split up to ``heldout_chars``."""
+    from data_gen.curated import iter_batches, read_manifest
+
+    train = {lang: CharReservoir(n, cfg.seed) for lang, n in cfg.sample_chars.items()}
+    heldout = {lang: CharReservoir(cfg.heldout_chars, cfg.seed) for lang in cfg.sample_chars}
+    pools = {"train": train, "heldout": heldout}
+    # Every shard is checked (as strongly as curate recorded it) before the first batch.
+    verify = read_manifest(curated_dir)["verify"]
+    for batch in iter_batches(curated_dir, ["doc_id", "lang", "split", "text"], verify=verify):
+        cols = batch.select(["doc_id", "lang", "split"]).to_pydict()
+        texts = batch.column("text")
+        for i, (doc_id, lang, split) in enumerate(zip(cols["doc_id"], cols["lang"], cols["split"], strict=True)):
+            pool = pools.get(split, {}).get(lang)
+            if pool is None:
+                continue
+            key = pool.key(doc_id)
+            if pool.wants(key):
+                pool.add(key, texts[i].as_py())
+    empty = sorted(lang for lang, r in train.items() if not r.chars)
+    if empty:
+        raise ValueError(f"tokenizer.sample_chars: no curated training text in languages {empty}")
+    return ({lang: r.texts() for lang, r in train.items()},
+            {lang: r.texts() for lang, r in heldout.items() if r.chars})
 
 
 def train_bpe(texts: list[str], cfg: TokenizerConfig) -> Tokenizer:
@@ -122,15 +168,11 @@ def efficiency(heldout: dict[str, list[str]], ours: Tokenizer, references: list[
     return {"heldout_chars": chars, "chars_per_token": table}
 
 
-def run(cfg: TokenizerConfig, curated_file: Path, out_dir: Path, metrics_file: Path, log) -> dict:
-    docs = read_parquet(curated_file, "curated").to_pylist()
-    sample = training_sample(docs, cfg.sample_chars)
+def run(cfg: TokenizerConfig, curated_dir: Path, out_dir: Path, metrics_file: Path, log) -> dict:
+    sample, heldout = sample_curated(curated_dir, cfg)
     texts = [t for lang in sorted(sample) for t in sample[lang]]
     tok = train_bpe(texts, cfg)
     save_hf_tokenizer(tok, out_dir)
-    heldout = {lang: [d["text"] for d in docs if d["lang"] == lang and d["split"] == "heldout"]
-               for lang in cfg.sample_chars}
-    heldout = {k: v for k, v in heldout.items() if v}
     report = {
         "format": "tokenizer-efficiency/1",
         "vocab_size": tok.get_vocab_size(),

@@ -1,12 +1,14 @@
 import json
+import random
 
 import pytest
 
-from pretrain.tokenizer import ROLE_TOKENS, TokenizerConfig, run
+from pretrain.tokenizer import ROLE_TOKENS, CharReservoir, TokenizerConfig, run, sample_curated
+from tests.conftest import curated_rows, write_curated_dir
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, curated_file):
+def trained(tmp_path_factory, curated_dir):
     from dasi.runlog import LoggingConfig, RunLog
 
     root = tmp_path_factory.mktemp("tok")
@@ -14,7 +16,7 @@ def trained(tmp_path_factory, curated_file):
                           references=["cl100k_base", "qwen3"])
     logging = LoggingConfig(logs_dir=str(root / "logs"), wandb=False, tensorboard=False)
     with RunLog("tokenizer", cfg, logging=logging) as log:
-        report = run(cfg, curated_file, root / "tokenizer", root / "eff.json", log)
+        report = run(cfg, curated_dir, root / "tokenizer", root / "eff.json", log)
     return root, report
 
 
@@ -43,8 +45,53 @@ def test_tokenizer_folder_loads_with_specials_and_chat_template(trained):
 def test_efficiency_report_compares_with_references(trained):
     root, report = trained
     assert json.loads((root / "eff.json").read_text()) == report
+    assert report["training_chars"] == {"ko": 8000, "en": 8000, "code": 8000}  # the budget, exactly
     cpt = report["chars_per_token"]
     assert set(cpt) == {"dasi", "cl100k_base", "qwen3"}
     assert set(cpt["dasi"]) == {"ko", "en", "code"}
     # Trained on Korean, even a 600-token vocabulary beats cl100k's bytes on Korean.
     assert cpt["dasi"]["ko"] > cpt["cl100k_base"]["ko"] > 0.5
+
+
+def _offer_all(reservoir: CharReservoir, docs: list[tuple[str, str]], peak: list[int]) -> list[str]:
+    for doc_id, text in docs:
+        key = reservoir.key(doc_id)
+        if reservoir.wants(key):
+            reservoir.add(key, text)
+        peak[0] = max(peak[0], reservoir.chars)
+    return reservoir.texts()
+
+
+def test_reservoir_is_order_independent_seeded_and_bounded():
+    rng = random.Random(0)
+    docs = [(f"doc-{i}", f"doc-{i}|" + "x" * rng.randint(1, 300)) for i in range(2000)]
+    budget, peak = 5000, [0]
+    first = _offer_all(CharReservoir(budget, seed=0), docs, peak)
+    assert sum(map(len, first)) == budget  # the last text is cut to fill it exactly
+    assert peak[0] < budget + 310  # never more than the budget plus one document
+    shuffled = docs[:]
+    rng.shuffle(shuffled)
+    assert _offer_all(CharReservoir(budget, seed=0), shuffled, [0]) == first
+    other = _offer_all(CharReservoir(budget, seed=1), docs, [0])
+    assert set(first) != set(other)  # another seed takes other documents
+
+
+def test_curated_sample_is_the_same_however_the_documents_are_sharded(tmp_path, natural_docs):
+    rows = curated_rows(natural_docs)
+    cfg = TokenizerConfig(vocab_size=600, sample_chars={"ko": 3000, "en": 2000, "code": 1000},
+                          heldout_chars=500, references=[])
+    two = sample_curated(write_curated_dir(tmp_path / "two", rows, shards=2), cfg)
+    three = sample_curated(write_curated_dir(tmp_path / "three", rows[::-1], shards=3), cfg)
+    assert two == three
+    train, heldout = two
+    assert {lang: sum(map(len, t)) for lang, t in train.items()} == cfg.sample_chars
+    assert all(sum(map(len, t)) <= 500 for t in heldout.values()) and set(heldout) == {"ko", "en", "code"}
+    texts = {r["text"] for r in rows if r["split"] == "train"}
+    assert all(t in texts for lang in train for t in train[lang][:-1])  # train split only, whole documents
+
+
+def test_a_language_without_training_text_is_named(tmp_path, natural_docs):
+    rows = [r for r in curated_rows(natural_docs) if r["lang"] != "code"]
+    cfg = TokenizerConfig(vocab_size=600, sample_chars={"ko": 100, "code": 100}, references=[])
+    with pytest.raises(ValueError, match=r"no curated training text in languages \['code'\]"):
+        sample_curated(write_curated_dir(tmp_path / "c", rows), cfg)
