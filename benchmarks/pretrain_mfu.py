@@ -1,0 +1,227 @@
+"""Model FLOPs utilisation (MFU) and tokens/s/GPU of the 1B proxy, training on one GPU in bf16.
+
+    python benchmarks/pretrain_mfu.py [--steps 10] [--warmup 3] [--micro-batch-size 2]
+    python benchmarks/pretrain_mfu.py --device cpu --layers 2 --hidden-size 64 --seq-length 128 \\
+        --micro-batch-size 1 --micro-batches 1 --steps 2 --warmup 1          # CPU smoke test
+
+The model is built by ``pretrain.model.build_gpt`` and trained by the same pieces as
+``pretrain.pretrain_loop.train`` (megatron DDP with fp32 grad buckets, ``_optimizer``: megatron's
+distributed optimizer on GPU in bf16, ``_loss``), on random tokens: what pretraining ships is
+what is measured. Each timed step is ``--micro-batches`` forward+backward passes, the grad sync,
+the optimizer step and the LR scheduler step. The last line printed is one JSON object.
+
+FLOPs (model FLOPs, the PaLM / Megatron-LM convention; recompute and elementwise work such as
+norms, RoPE, softmax and the loss are not counted), per token, for L layers, hidden h,
+heads n of size d (n*d = h), KV groups g, FFN f, vocab V, sequence s:
+
+    N_mm      = L * (2*h*n*d + 2*h*g*d + 3*h*f) + h*V
+                (q and o, k and v, SwiGLU gate+up+down, and the LM head; the input embedding
+                is a lookup, with no matmul forward or backward)
+    per token = 6 * N_mm                        (forward 2, backward 4 FLOPs per weight)
+              + 12 * L * s * n * d              (Q.K^T and P.V: 2*2*s*n*d forward, x3 with backward)
+
+The attention term counts the whole s x s score matrix as the convention does, although a causal
+kernel computes only half of it; ``mfu_causal`` counts 6 * L * s * n * d instead. MFU is
+FLOPs/s over the card's dense bf16 peak, from :data:`PEAK_BF16_TFLOPS` by the CUDA device name
+(or ``--peak-tflops``); it is null on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from typing import Any
+
+from dasi.model_config import ModelConfig
+
+# KORMo's 1B ablation proxy (arXiv 2510.09426) trained on 60B tokens, but its exact shape is
+# neither in this repo nor known to its authors here: this is a stand-in, a LLaMA-style ~1B
+# shape with KORMo-10B's tokenizer (vocab 125,184), sequence length (4,096), RoPE base (500k)
+# and untied embeddings from configs/kormo-10.8b.yaml. 1.52B parameters, 0.51B of them in the
+# embedding and LM head. Replace it with the paper's shape once the kormo-1b profile checks it.
+KORMO_1B_STANDIN = dict(hidden_size=2048, num_layers=16, num_attention_heads=16, num_query_groups=8,
+                        ffn_hidden_size=8192, vocab_size=125_184, seq_length=4096,
+                        rotary_base=500_000, untie_embeddings=True)
+
+# Dense bf16 peak in TFLOP/s (vendor datasheets, no sparsity), by a substring of the CUDA device
+# name; the first match wins, so the more specific names come first. H200 has the H100 SXM's peak.
+PEAK_BF16_TFLOPS: list[tuple[str, float]] = [
+    ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("H800", 989.0),
+    ("GH200", 989.0), ("A100", 312.0), ("A800", 312.0), ("L40S", 362.0),
+]
+
+
+def peak_tflops(device_name: str) -> float | None:
+    return next((peak for key, peak in PEAK_BF16_TFLOPS if key in device_name), None)
+
+
+def matmul_params(m: ModelConfig) -> int:
+    """N_mm: the weights every token multiplies (see the module docstring)."""
+    qo = 2 * m.hidden_size * m.num_attention_heads * m.head_dim
+    kv = 2 * m.hidden_size * m.num_query_groups * m.head_dim
+    mlp = 3 * m.hidden_size * m.ffn_hidden_size
+    return m.num_layers * (qo + kv + mlp) + m.hidden_size * m.vocab_size
+
+
+def flops_per_token(m: ModelConfig, causal: bool = False) -> float:
+    attention = (6 if causal else 12) * m.num_layers * m.seq_length * m.num_attention_heads * m.head_dim
+    return 6.0 * matmul_params(m) + attention
+
+
+def model_config(args: argparse.Namespace) -> ModelConfig:
+    shape = dict(KORMO_1B_STANDIN, num_layers=args.layers or KORMO_1B_STANDIN["num_layers"],
+                 seq_length=args.seq_length)
+    if args.hidden_size:  # smaller smoke-test shapes keep the proxy's FFN ratio and head count
+        shape.update(hidden_size=args.hidden_size, ffn_hidden_size=4 * args.hidden_size)
+    return ModelConfig(**shape)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=10, help="timed steps")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, allocator)")
+    ap.add_argument("--micro-batch-size", type=int, default=2)
+    ap.add_argument("--micro-batches", type=int, default=8,
+                    help="micro-batches per step (gradient accumulation): one optimizer step per this many")
+    ap.add_argument("--seq-length", type=int, default=KORMO_1B_STANDIN["seq_length"])
+    ap.add_argument("--layers", type=int, help="fewer layers than the proxy's 16 (smoke tests)")
+    ap.add_argument("--hidden-size", type=int, help="a smaller hidden size (smoke tests); FFN = 4x")
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    ap.add_argument("--core-attention", choices=["default", "sdpa", "megatron"], default="default",
+                    help="local layers' core attention: what pretraining uses here (default), "
+                         "SdpaAttention, or megatron's DotProductAttention")
+    ap.add_argument("--peak-tflops", type=float, help="override the device's dense bf16 peak")
+    args = ap.parse_args(argv)
+    if min(args.steps, args.micro_batch_size, args.micro_batches, args.seq_length) < 1 or args.warmup < 0:
+        ap.error("--steps, --micro-batch-size, --micro-batches, --seq-length must be >= 1, --warmup >= 0")
+    return args
+
+
+def random_batches(m: ModelConfig, micro_batch_size: int, count: int, device: str) -> list[dict[str, Any]]:
+    """``count`` micro-batches of uniform random tokens in ``pretrain_data.batch``'s layout."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    shape = (micro_batch_size, m.seq_length)
+    out = []
+    for _ in range(count):
+        tokens = torch.randint(0, m.vocab_size, shape, generator=g)
+        out.append({"tokens": tokens, "labels": torch.randint(0, m.vocab_size, shape, generator=g),
+                    "loss_mask": torch.ones(shape),
+                    "position_ids": torch.arange(m.seq_length).expand(shape).contiguous()})
+    return [{k: v.to(device) for k, v in b.items()} for b in out]
+
+
+def flash_attention_runs(m: ModelConfig) -> bool:
+    """Whether SDPA's flash kernel takes this shape's grouped-query attention in bf16 (CUDA)."""
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q = torch.randn(1, m.num_attention_heads, 256, m.head_dim, device="cuda", dtype=torch.bfloat16)
+    kv = torch.randn(1, m.num_query_groups, 256, m.head_dim, device="cuda", dtype=torch.bfloat16)
+    try:
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            F.scaled_dot_product_attention(q, kv, kv, is_causal=True,
+                                           enable_gqa=m.num_query_groups != m.num_attention_heads)
+    except RuntimeError:
+        return False
+    return True
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import megatron.core
+    import torch
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+    from dasi.model_config import parameter_count
+    from pretrain.model import build_gpt, distributed, layer_spec, te_unavailable, transformer_config
+    from pretrain.pretrain_config import PretrainConfig
+    from pretrain.pretrain_loop import _dp_mean, _loss, _optimizer
+
+    m = model_config(args)
+    gpu = args.device == "cuda"
+    if gpu and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device")
+    use_te = te_unavailable() is None
+    sdpa = None if args.core_attention == "default" else args.core_attention == "sdpa"
+    steps = args.warmup + args.steps
+    # megatron's bf16 optimizer takes CUDA tensors only: the CPU smoke test trains in fp32, as the
+    # CPU pipeline does.
+    cfg = PretrainConfig(train_steps=steps + 1, micro_batch_size=args.micro_batch_size,
+                         global_batch_size=args.micro_batch_size * args.micro_batches,
+                         warmup_steps=1, bf16=gpu)
+    with distributed(seed=cfg.seed):
+        gpt = build_gpt(m, bf16=cfg.bf16, use_te=use_te, sdpa=sdpa)
+        core = layer_spec(use_te, sdpa).submodules.self_attention.submodules.core_attention
+        # As pretrain_loop.train wraps it.
+        model = DistributedDataParallel(
+            transformer_config(m, cfg.bf16),
+            DistributedDataParallelConfig(grad_reduce_in_fp32=True,
+                                          use_distributed_optimizer=cfg.bf16 and gpu),
+            gpt)
+        opt, sched = _optimizer(cfg, model)
+        batches = random_batches(m, args.micro_batch_size, args.micro_batches, args.device)
+        times, loss = [], float("nan")
+        for step in range(steps):
+            if gpu:
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            # One step of pretrain_loop.train.
+            model.train()
+            model.zero_grad_buffer()
+            opt.zero_grad()
+            losses = []
+            for b in batches:
+                micro_loss = _loss(model, b)
+                (micro_loss / len(batches)).backward()
+                losses.append(micro_loss.detach())
+            model.finish_grad_sync()
+            opt.step()
+            sched.step(1)
+            loss = _dp_mean(torch.stack(losses).mean())  # a host sync, as in the loop
+            if gpu:
+                torch.cuda.synchronize()
+            if step >= args.warmup:
+                times.append(time.perf_counter() - t)
+        device_name = torch.cuda.get_device_name() if gpu else "cpu"
+        max_memory = torch.cuda.max_memory_allocated() / 2**30 if gpu else None
+        flash = flash_attention_runs(m) if gpu else None
+
+    tokens_per_step = args.micro_batches * args.micro_batch_size * m.seq_length
+    tokens_per_s = tokens_per_step * len(times) / sum(times)
+    peak = args.peak_tflops or (peak_tflops(device_name) if gpu else None)
+    achieved = flops_per_token(m) * tokens_per_s / 1e12
+
+    def mfu(causal: bool) -> float | None:
+        return None if peak is None else round(flops_per_token(m, causal) * tokens_per_s / 1e12 / peak, 4)
+
+    return {
+        "benchmark": "pretrain_mfu", "model": "kormo-1b-standin", "device": device_name,
+        "dtype": "bf16" if cfg.bf16 else "fp32", "peak_bf16_tflops": peak,
+        "mfu": mfu(False), "mfu_causal": mfu(True),
+        "tokens_per_s_per_gpu": round(tokens_per_s, 1), "model_tflops_per_s": round(achieved, 2),
+        "step_s_median": round(statistics.median(times), 4), "step_s_mean": round(sum(times) / len(times), 4),
+        "steps": args.steps, "warmup": args.warmup, "micro_batch_size": args.micro_batch_size,
+        "micro_batches": args.micro_batches, "tokens_per_step": tokens_per_step,
+        "seq_length": m.seq_length, "layers": m.num_layers, "hidden_size": m.hidden_size,
+        "parameters": parameter_count(m), "matmul_parameters": matmul_params(m),
+        "flops_per_token": flops_per_token(m), "layer_spec": "transformer_engine" if use_te else "local",
+        "core_attention": core.__name__, "sdpa_flash_gqa": flash, "last_loss": round(loss, 4),
+        "max_memory_allocated_gib": None if max_memory is None else round(max_memory, 2),
+        "torch": torch.__version__, "megatron_core": megatron.core.__version__,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch loads: megatron then runs its CPU path
+    print(json.dumps(run(args)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
