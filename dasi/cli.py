@@ -111,15 +111,32 @@ def plan(what: Annotated[str, typer.Argument(help="what to plan: generate")],
 
 @app.command()
 def curate(seeds_file: Path = Path("data/seeds/documents.parquet"),
-           generated: Path = Path("data/generated"), out: Path = Path("data/curated/documents.parquet"),
-           stats: Path = Path("metrics/curate.json"), params: ParamsOpt = Path("params.yaml"),
-           profiles: ProfilesOpt = Path("configs")) -> None:
-    """Filter, deduplicate and split natural + synthetic documents; write curation stats."""
-    from dasi.stage import run_stage
+           generated: Path = Path("data/generated"), out: Path = Path("data/curated"),
+           stats: Path = Path("metrics/curate.json"),
+           launcher: Annotated[str | None, typer.Option(
+               help="local | slurm (default: params.yaml / profile)")] = None,
+           dry_run: Annotated[bool, typer.Option(
+               help="print what would be launched (each pass's Slurm array script), curate nothing")] = False,
+           params: ParamsOpt = Path("params.yaml"), profiles: ProfilesOpt = Path("configs")) -> None:
+    """Filter, deduplicate (exact + MinHash), decontaminate and split natural + synthetic documents
+    as datatrove passes; sharded output, resumable; write curation stats."""
+    from dasi.config import resolve_params
+    from dasi.stage import load_sections, run_stage
     from data_gen import curate as stage
+    from evals.evaluate import EvaluateConfig
 
-    run_stage("curate", {"curate": stage.CurateConfig}, [seeds_file, generated], [out, stats],
-              lambda cfg, log: stage.run(cfg, seeds_file, generated, out, stats, log), params, profiles)
+    chosen = check_launcher(launcher or resolve_params(params, profiles)["launcher"], ("local", "slurm"))
+    sections = {"curate": stage.CurateConfig, "evaluate": EvaluateConfig}
+    if dry_run:  # nothing runs, so nothing is logged
+        cfgs, _, _ = load_sections(sections, params, profiles)
+        typer.echo(stage.run(cfgs["curate"], seeds_file, generated, out, stats, None,
+                             eval_tasks=cfgs["evaluate"].tasks, launcher=chosen, dry_run=True)["dry_run"])
+        return
+    # The run log hashes the manifest (it holds every shard's hash), not the shards again.
+    run_stage("curate", sections, [seeds_file, generated], [out / "_manifest.json", stats],
+              lambda cfg, evaluate, log: stage.run(cfg, seeds_file, generated, out, stats, log,
+                                                   eval_tasks=evaluate.tasks, launcher=chosen),
+              params, profiles)
 
 
 @app.command()
@@ -239,7 +256,7 @@ def sft(base: Path = Path("data/hf/base"), tokenizer_dir: Path | None = None,
 def evaluate_cmd(
         model: Annotated[list[str] | None, typer.Option(
             help="NAME=FOLDER, repeatable (default: base=data/hf/base sft=data/hf/sft)")] = None,
-        curated: Path = Path("data/curated/documents.parquet"), tokenizer_dir: Path | None = None,
+        curated: Path = Path("data/curated"), tokenizer_dir: Path | None = None,
         out: Path = Path("metrics/eval.json"),
         work_dir: Annotated[Path | None, typer.Option(
             help="keep lm-eval's caches here (default: a temporary folder)")] = None,

@@ -28,3 +28,9 @@ def heldout_split(items: Iterable[T], lang_of: Callable[[T], str], id_of: Callab
         heldout += group[:k]
         train += group[k:]
     return train, heldout
+
+
+def heldout_by_hash(record_id: str, fraction: float) -> bool:
+    """Whether ``record_id`` is held out: its sha256 read as a uniform number in [0, 1) is below
+    ``fraction``. Decided per record, so a stream can be split without seeing the rest of it."""
+    return int(id_hash(record_id)[:16], 16) / 16**16 < fraction
