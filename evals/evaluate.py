@@ -18,9 +18,9 @@ import torch
 from pydantic import Field
 
 from dasi.atomic import write_json
-from dasi.formats import read_parquet
 from dasi.runlog import RunLog
 from dasi.strict import StrictModel
+from data_gen.curated import iter_docs
 from evals.bpb import NLL, text_nll
 from evals.harness import TaskSpec, run_in_child
 
@@ -45,15 +45,18 @@ class EvaluateConfig(StrictModel):
 
 
 def heldout_texts(curated: Path, langs: list[str], max_docs: int | None) -> dict[str, list[str]]:
-    """Held-out curated texts per language, in doc_id order."""
-    rows = read_parquet(curated, "curated").select(["doc_id", "lang", "text", "split"]).to_pylist()
+    """Held-out curated texts per language, in doc_id order, streamed from the curated shards
+    (only the held-out rows are kept in memory)."""
+    rows = iter_docs(curated, columns=["doc_id", "lang", "text"], split="heldout")
+    by_lang: dict[str, list[tuple[str, str]]] = {lang: [] for lang in langs}
+    for r in rows:
+        if r["lang"] in by_lang:
+            by_lang[r["lang"]].append((r["doc_id"], r["text"]))
     out = {}
-    for lang in langs:
-        docs = sorted((r for r in rows if r["lang"] == lang and r["split"] == "heldout"),
-                      key=lambda r: r["doc_id"])
+    for lang, docs in by_lang.items():
         if not docs:
             raise ValueError(f"evaluate: {curated} has no held-out {lang!r} documents")
-        out[lang] = [r["text"] for r in docs[:max_docs]]
+        out[lang] = [text for _, text in sorted(docs)[:max_docs]]
     return out
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dasi.formats import write_parquet
 from dasi.runlog import LoggingConfig, RunLog
 from evals.evaluate import EvaluateConfig, heldout_texts, run
 from evals.harness import TaskSpec, shipped_task_yaml, write_local_task
+from tests.conftest import write_curated_dir
 
 REPO = Path(__file__).resolve().parents[2]
 COPA = REPO / "evals" / "data" / "kobest_copa_local.jsonl"
@@ -31,9 +31,7 @@ DOCS = [
 def curated(tmp_path: Path) -> Path:
     rows = [{"doc_id": d, "source": "test", "kind": "natural", "lang": lang, "text": t, "n_chars": len(t),
              "split": s, "provenance": "{}"} for d, lang, s, t in DOCS]
-    path = tmp_path / "documents.parquet"
-    write_parquet(path, rows, "curated")
-    return path
+    return write_curated_dir(tmp_path / "curated", rows)
 
 
 def test_local_kobest_copa_file_matches_kobest_format() -> None:
@@ -68,8 +66,7 @@ def test_heldout_texts_per_language(curated: Path) -> None:
     assert [len(texts["ko"]), len(texts["en"])] == [2, 2]
     assert all("학습용" not in t for t in texts["ko"])
     assert heldout_texts(curated, ["ko"], 1)["ko"] == [DOCS[0][3]]
-    empty = curated.parent / "empty.parquet"
-    write_parquet(empty, [], "curated")
+    empty = write_curated_dir(curated.parent / "empty", [])
     with pytest.raises(ValueError, match="no held-out"):
         heldout_texts(empty, ["ko"], None)
 
