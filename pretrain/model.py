@@ -3,6 +3,7 @@ groups it runs in (gloo on CPU, nccl on GPU; in-process for one rank, torchrun f
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 from collections.abc import Iterator
@@ -33,6 +34,12 @@ def te_unavailable() -> str | None:
 
 def have_transformer_engine() -> bool:
     return te_unavailable() is None
+
+
+def _fused_softmax_kernels() -> bool:
+    """Whether megatron's fused masked-softmax CUDA kernels (built by Apex) import here."""
+    return all(importlib.util.find_spec(name) is not None
+               for name in ("scaled_masked_softmax_cuda", "scaled_upper_triang_masked_softmax_cuda"))
 
 
 def _free_port() -> int:
@@ -112,8 +119,11 @@ def transformer_config(m: ModelConfig, bf16: bool = False, initialize: bool = Tr
         perform_initialization=initialize,
         gradient_accumulation_fusion=False,
         bias_activation_fusion=gpu,
-        masked_softmax_fusion=gpu,
-        persist_layer_norm=gpu,
+        # DotProductAttention imports the fused softmax kernels when asked to fuse: only where
+        # they exist. persist_layer_norm is Apex's LayerNorm option; our RMSNorm is torch's
+        # (local spec), which refuses it, or TE's, which ignores it.
+        masked_softmax_fusion=gpu and _fused_softmax_kernels(),
+        persist_layer_norm=False,
         bias_dropout_fusion=gpu,
         apply_rope_fusion=False,
     )

@@ -110,3 +110,23 @@ def test_gpt_loss_is_the_same_with_either_core_attention(megatron_state) -> None
         gpt = build_gpt(SHAPE, use_te=False, sdpa=sdpa)
         losses.append(gpt(tokens, pos, None, labels=tokens.roll(-1, 1)).detach())
     torch.testing.assert_close(losses[1], losses[0], rtol=0, atol=1e-5)
+
+
+def test_gpu_settings_build_the_local_layers_with_sdpa(megatron_state, monkeypatch) -> None:
+    # transformer_config and layer_spec as they are on a GPU without Transformer Engine or Apex
+    # (built on the CPU): torch's RMSNorm refuses persist_layer_norm, and fusing the masked
+    # softmax would import Apex's kernels.
+    import dataclasses
+
+    from megatron.core.models.gpt import GPTModel
+
+    import pretrain.model as model
+    from pretrain.sdpa_attention import SdpaAttention
+
+    monkeypatch.setattr(model, "on_gpu", lambda: True)
+    cfg = model.transformer_config(SHAPE)
+    assert not cfg.persist_layer_norm and not cfg.masked_softmax_fusion and cfg.bias_activation_fusion
+    gpt = GPTModel(config=dataclasses.replace(cfg, use_cpu_initialization=True),
+                   transformer_layer_spec=model.layer_spec(use_te=False), vocab_size=SHAPE.vocab_size,
+                   max_sequence_length=SHAPE.seq_length, position_embedding_type="rope")
+    assert isinstance(gpt.decoder.layers[0].self_attention.core_attention, SdpaAttention)

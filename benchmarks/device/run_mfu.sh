@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The 1B-proxy MFU benchmark on a lent GPU machine (no network, torch there, no megatron-core):
+# installs the wheels carried in .whl/ (megatron-core, pydantic and its needs for Python 3.12),
+# then runs benchmarks/pretrain_mfu.py three times, about 3-4 minutes in all on an H100:
+#   sdpa-mb2      what pretraining runs there (SdpaAttention), micro-batch 2, 8 per step
+#   megatron-mb1  megatron's DotProductAttention (s x s matrix in memory; mb 1 to fit), 8 per step
+#   sdpa-mb4      SdpaAttention at micro-batch 4, 4 per step (may not fit in 80 GB: then it fails alone)
+# Writes $OUT/mfu.jsonl (one JSON line per run that finished), $OUT/<run>.log and $OUT/env.txt;
+# prints a table last. MFU_NO_WHEELS=1 and MFU_EXTRA (flags appended to every run, e.g. --device
+# cpu and a small shape) are for a dry run of this script where the packages are installed.
+set -u
+OUT=${OUT:-/tmp/mfu_out}
+mkdir -p "$OUT"
+if [ -z "${MFU_NO_WHEELS:-}" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:$PWD
+fi
+export PYTHONUNBUFFERED=1
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+    python3 -c "import sys, torch; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
+    python3 -W ignore -c "import megatron.core, pydantic, pretrain.model, pretrain.sdpa_attention; print('imports ok')"
+} 2>&1 | tee "$OUT/env.txt"
+
+bench() {  # name, time limit (s), benchmark flags...
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name: $*"
+    # shellcheck disable=SC2086  # MFU_EXTRA is a list of flags
+    timeout -k 10 "$limit" python3 benchmarks/pretrain_mfu.py "$@" ${MFU_EXTRA:-} >"$OUT/$name.log" 2>&1
+    local rc=$?
+    tail -1 "$OUT/$name.log" | grep '^{' >>"$OUT/mfu.jsonl" || { echo "$name failed (rc $rc):"; tail -5 "$OUT/$name.log"; }
+}
+bench sdpa-mb2 180 --core-attention sdpa --micro-batch-size 2 --micro-batches 8 --warmup 3 --steps 8
+bench megatron-mb1 120 --core-attention megatron --micro-batch-size 1 --micro-batches 8 --warmup 2 --steps 3
+bench sdpa-mb4 120 --core-attention sdpa --micro-batch-size 4 --micro-batches 4 --warmup 2 --steps 5
+
+python3 - "$OUT/mfu.jsonl" <<'TABLE'
+import json, os, sys
+rows = [json.loads(line) for line in open(sys.argv[1])] if os.path.exists(sys.argv[1]) else []
+cols = ["core_attention", "micro_batch_size", "micro_batches", "mfu", "mfu_causal", "tokens_per_s_per_gpu",
+        "step_s_median", "max_memory_allocated_gib", "sdpa_flash_gqa", "device"]
+print(" | ".join(cols))
+for r in rows:
+    print(" | ".join(str(r[c]) for c in cols))
+TABLE
