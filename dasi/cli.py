@@ -140,7 +140,7 @@ def curate(seeds_file: Path = Path("data/seeds/documents.parquet"),
 
 
 @app.command()
-def tokenizer(curated: Path = Path("data/curated/documents.parquet"),
+def tokenizer(curated: Path = Path("data/curated"),
               out: Path = Path("data/tokenizer"), metrics: Path = Path("metrics/tokenizer.json"),
               params: ParamsOpt = Path("params.yaml"), profiles: ProfilesOpt = Path("configs")) -> None:
     """Train the byte-level BPE tokenizer and report its efficiency beside reference tokenizers."""
@@ -152,15 +152,25 @@ def tokenizer(curated: Path = Path("data/curated/documents.parquet"),
 
 
 @app.command()
-def pack(curated: Path = Path("data/curated/documents.parquet"),
+def pack(curated: Path = Path("data/curated"),
          tokenizer_dir: Path = Path("data/tokenizer"), out: Path = Path("data/packed"),
+         mix: Annotated[Path, typer.Option(help="tokens and epochs per source (a DVC metric)")] = Path(
+             "metrics/mix.json"),
          params: ParamsOpt = Path("params.yaml"), profiles: ProfilesOpt = Path("configs")) -> None:
-    """Tokenize curated text into megatron-core .bin/.idx files plus a blend manifest."""
+    """Tokenize curated shards into megatron-core .bin/.idx files, a blend manifest and the mix
+    report; a source repeated more than pack.max_epochs times by the pretraining budget stops it."""
+    from dasi.model_config import ModelConfig
     from dasi.stage import run_stage
     from pretrain import pack as stage
+    from pretrain.mix import token_budget
+    from pretrain.pretrain_config import PretrainConfig
 
-    run_stage("pack", {"pack": stage.PackConfig}, [curated, tokenizer_dir], [out],
-              lambda cfg, log: stage.run(cfg, curated, tokenizer_dir, out, log), params, profiles)
+    def work(cfg, pretrain, model, log):
+        budget = token_budget(pretrain.train_steps, pretrain.global_batch, model.seq_length)
+        return stage.run(cfg, budget, curated, tokenizer_dir, out, mix, log)
+
+    run_stage("pack", {"pack": stage.PackConfig, "pretrain": PretrainConfig, "model": ModelConfig},
+              [curated, tokenizer_dir], [out, mix], work, params, profiles)
 
 
 @app.command("sft-data")

@@ -42,8 +42,9 @@ def mix_report(entries: list[dict], weights: dict[str, float], budget_tokens: in
         s = over[name]
         more = f" (and {len(over) - 1} more sources)" if len(over) > 1 else ""
         raise TooManyEpochs(
-            f"pack: source {name!r}{more} would be repeated {s['epochs']} epochs ({s['tokens_drawn']:,} tokens drawn "
-            f"of {s['tokens_available']:,} available, weight {s['weight']}, budget {budget_tokens:,} tokens), "
+            f"pack: source {name!r}{more} would be repeated {s['epochs']} epochs "
+            f"({s['tokens_drawn']:,} tokens drawn of {s['tokens_available']:,} available, "
+            f"weight {s['weight']}, budget {budget_tokens:,} tokens), "
             f"above pack.max_epochs = {max_epochs:g}: raise pack.max_epochs, lower its language's "
             f"pack.blend share or pretrain.train_steps, or add data; nothing was written")
     return {"format": MIX_FORMAT, "budget_tokens": budget_tokens, "max_epochs": max_epochs,

@@ -139,11 +139,13 @@ def pack_shard(shard: str, out_root: str, bos: int, eos: int, dtype_name: str, b
     for rb in pq.ParquetFile(shard).iter_batches(batch_size=batch, columns=READ_COLUMNS):
         cols = rb.to_pydict()
         encoded = _Worker.tok.encode_batch(cols["text"], add_special_tokens=False)
-        for enc, source, lang, split in zip(encoded, cols["source"], cols["lang"], cols["split"], strict=True):
+        rows = zip(encoded, cols["source"], cols["lang"], cols["split"], strict=True)
+        for enc, source, lang, split in rows:
             key = dataset_of(split, source, lang)
             if key not in builders:
                 (Path(out_root) / key[1]).mkdir(parents=True, exist_ok=True)
-                builders[key] = IndexedDatasetBuilder(str(Path(out_root) / key[1] / f"{stem}.bin"), dtype=dtype)
+                builders[key] = IndexedDatasetBuilder(str(Path(out_root) / key[1] / f"{stem}.bin"),
+                                                      dtype=dtype)
                 stats[key] = {"lang": lang, "documents": 0, "tokens": 0}
             # <bos> text <eos>: the document boundary megatron's GPTDataset sees.
             ids = np.empty(len(enc.ids) + 2, dtype=dtype)
@@ -161,14 +163,45 @@ def pack_shard(shard: str, out_root: str, bos: int, eos: int, dtype_name: str, b
     return entries
 
 
-def pack_shards(shards: list[Path], out_root: Path, tokenizer_file: Path, bos: int, eos: int,
-                dtype_name: str, batch: int, workers: int) -> list[dict]:
-    """Every shard's entries, in shard order whatever ``workers`` is (so the bytes are too)."""
-    args = [(str(s), str(out_root), bos, eos, dtype_name, batch) for s in shards]
-    # spawn: a forked child of a process that has started threads (torch, tokenizers) can hang.
-    with ProcessPoolExecutor(max_workers=min(workers, max(len(shards), 1)), mp_context=get_context("spawn"),
+def optimal_dtype(vocab_size: int) -> str:
+    """Megatron's token dtype for ``vocab_size`` (uint16 below 65,500 tokens), by name."""
+    from megatron.core.datasets.indexed_dataset import DType
+
+    return np.dtype(DType.optimal_dtype(vocab_size)).name
+
+
+# Imported once by the fork server, then shared by every worker forked from it: megatron-core
+# alone takes ~10 s of CPU to import, which a fresh (spawned) worker would pay each time.
+WORKER_MODULES = ["megatron.core.datasets.indexed_dataset", "pyarrow.parquet", "tokenizers", __name__]
+
+
+def pack_shards(shards: list[Path], out_root: Path, tokenizer_file: Path, vocab_size: int, bos: int, eos: int,
+                batch: int, workers: int) -> tuple[str, list[dict]]:
+    """(token dtype, every shard's entries in shard order): the same whatever ``workers`` is, so
+    the files are too."""
+    # Not fork: a child forked from a process that has started threads (pyarrow's pools) can hang.
+    ctx = get_context("forkserver")
+    ctx.set_forkserver_preload(WORKER_MODULES)
+    with ProcessPoolExecutor(max_workers=min(workers, max(len(shards), 1)), mp_context=ctx,
                              initializer=_init_worker, initargs=(str(tokenizer_file),)) as pool:
-        return [e for entries in pool.map(pack_shard, *zip(*args, strict=True)) for e in entries]
+        dtype = pool.submit(optimal_dtype, vocab_size).result()
+        args = [(str(s), str(out_root), bos, eos, dtype, batch) for s in shards]
+        results = pool.map(pack_shard, *zip(*args, strict=True)) if args else []
+        return dtype, [e for entries in results for e in entries]
+
+
+def tokenizer_facts(tokenizer_dir: Path) -> tuple[int, int, int]:
+    """(vocabulary size with added tokens, bos id, eos id) of a saved transformers tokenizer folder,
+    read without importing transformers (as ``len(tok)``, ``tok.bos_token_id``, ``tok.eos_token_id``)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json"))
+    config = json.loads((Path(tokenizer_dir) / "tokenizer_config.json").read_text())
+
+    def token_id(key: str) -> int:
+        token = config[key]["content"] if isinstance(config[key], dict) else config[key]
+        return tok.token_to_id(token)
+    return tok.get_vocab_size(with_added_tokens=True), token_id("bos_token"), token_id("eos_token")
 
 
 # -- the stage ---------------------------------------------------------------------------------
@@ -198,19 +231,15 @@ def run(cfg: PackConfig, budget_tokens: int, curated_dir: Path, tokenizer_dir: P
     """Write ``out_dir`` whole or not at all: into a temp sibling, renamed when the manifest is in,
     so a killed run leaves no partial files among the outputs. A source drawn more than
     ``cfg.max_epochs`` times by ``budget_tokens`` stops the stage before anything is written."""
-    from megatron.core.datasets.indexed_dataset import DType
-    from transformers import AutoTokenizer
-
     from data_gen.curated import curated_shards, read_manifest
 
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    dtype = np.dtype(DType.optimal_dtype(len(tok))).name
+    vocab_size, bos, eos = tokenizer_facts(tokenizer_dir)
     # As strongly as curate recorded them: sha256, or sizes only for multi-terabyte data.
     shards = curated_shards(curated_dir, read_manifest(curated_dir)["verify"])
     with atomic_path(Path(out_dir)) as tmp:
         tmp.mkdir()
-        entries = pack_shards(shards, tmp, Path(tokenizer_dir) / "tokenizer.json", tok.bos_token_id,
-                              tok.eos_token_id, dtype, cfg.encode_batch, cfg.workers)
+        dtype, entries = pack_shards(shards, tmp, Path(tokenizer_dir) / "tokenizer.json", vocab_size, bos,
+                                     eos, cfg.encode_batch, cfg.workers)
         entries.sort(key=lambda e: (e["split"], e["name"], e["prefix"]))
         weights = set_weights(entries, cfg.blend)
         mix = mix_report(entries, weights, budget_tokens, cfg.max_epochs)  # raises before any output
@@ -218,9 +247,9 @@ def run(cfg: PackConfig, budget_tokens: int, curated_dir: Path, tokenizer_dir: P
             log.log({"dataset": name, "tokens": m["tokens_available"], "epochs": m["epochs"]})
         manifest = PackManifest(
             tokenizer_sha256=sha256_file(Path(tokenizer_dir) / "tokenizer.json"),
-            vocab_size=len(tok),
-            eos_id=tok.eos_token_id,
-            bos_id=tok.bos_token_id,
+            vocab_size=vocab_size,
+            eos_id=eos,
+            bos_id=bos,
             dtype=dtype,
             datasets=[PackedDataset(**e) for e in entries],
         )

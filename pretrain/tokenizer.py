@@ -83,7 +83,10 @@ class CharReservoir:
         return out
 
 
-def sample_curated(curated_dir: Path, cfg: TokenizerConfig) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+Sample = dict[str, list[str]]  # texts per language
+
+
+def sample_curated(curated_dir: Path, cfg: TokenizerConfig) -> tuple[Sample, Sample]:
     """(training sample, held-out sample) per language, streamed from the curated shards: the
     train split up to ``sample_chars``, the held-out split up to ``heldout_chars``."""
     from data_gen.curated import iter_batches, read_manifest
@@ -96,7 +99,8 @@ def sample_curated(curated_dir: Path, cfg: TokenizerConfig) -> tuple[dict[str, l
     for batch in iter_batches(curated_dir, ["doc_id", "lang", "split", "text"], verify=verify):
         cols = batch.select(["doc_id", "lang", "split"]).to_pydict()
         texts = batch.column("text")
-        for i, (doc_id, lang, split) in enumerate(zip(cols["doc_id"], cols["lang"], cols["split"], strict=True)):
+        rows = zip(cols["doc_id"], cols["lang"], cols["split"], strict=True)
+        for i, (doc_id, lang, split) in enumerate(rows):
             pool = pools.get(split, {}).get(lang)
             if pool is None:
                 continue

@@ -65,6 +65,47 @@ def curated_file(tmp_path_factory, natural_docs) -> Path:
     return path
 
 
+def write_curated_dir(root: Path, docs: list[dict], shards: int = 2) -> Path:
+    """A curated folder (``documents/NNNNN.parquet`` + manifest, as curate writes it) holding
+    ``docs``; each (split, source) group is dealt round-robin over ``shards`` shards, so every
+    shard holds every dataset of two or more documents."""
+    from collections import defaultdict
+
+    from dasi.formats import write_parquet
+    from data_gen.curated import write_manifest
+
+    parts: list[list[dict]] = [[] for _ in range(shards)]
+    seen: dict[tuple[str, str], int] = defaultdict(int)
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for d in docs:
+        group = (d["split"], d["source"])
+        parts[seen[group] % shards].append(d)
+        seen[group] += 1
+        counts[d["split"]][d["lang"]] += 1
+    (root / "documents").mkdir(parents=True)
+    paths = [root / "documents" / f"{i:05d}.parquet" for i in range(shards)]
+    for path, part in zip(paths, parts, strict=True):
+        write_parquet(path, part, "curated")
+    write_manifest(root, paths, {s: dict(v) for s, v in counts.items()})
+    return root
+
+
+def curated_rows(docs: list[dict], heldout_fraction: float = 0.1) -> list[dict]:
+    """Curated records (schema ``curated``) of natural documents, held out per language by id hash."""
+    from dasi.splits import heldout_split
+
+    rows = [{"doc_id": d["doc_id"], "source": d["source"], "kind": "natural", "lang": d["lang"],
+             "text": d["text"], "n_chars": d["n_chars"], "provenance": "{}"} for d in docs]
+    train, heldout = heldout_split(rows, lambda r: r["lang"], lambda r: r["doc_id"], heldout_fraction)
+    return [{**r, "split": "train"} for r in train] + [{**r, "split": "heldout"} for r in heldout]
+
+
+@pytest.fixture(scope="session")
+def curated_dir(tmp_path_factory, natural_docs) -> Path:
+    """A curated folder of two shards made from the natural documents."""
+    return write_curated_dir(tmp_path_factory.mktemp("curated_dir") / "curated", curated_rows(natural_docs))
+
+
 def _quiet_log(root: Path, stage: str):
     from dasi.runlog import LoggingConfig, RunLog
 
@@ -72,8 +113,12 @@ def _quiet_log(root: Path, stage: str):
                                                    tensorboard=False))
 
 
+# The token budget pack checks epochs against (the tests' pretrain runs draw about this much).
+PACK_BUDGET = 10_000
+
+
 @pytest.fixture(scope="session")
-def tokenizer_dir(tmp_path_factory, curated_file) -> Path:
+def tokenizer_dir(tmp_path_factory, curated_dir) -> Path:
     """Our tokenizer (tokenizer stage code) trained on the real natural documents."""
     from pretrain.tokenizer import TokenizerConfig, run
 
@@ -81,19 +126,19 @@ def tokenizer_dir(tmp_path_factory, curated_file) -> Path:
     cfg = TokenizerConfig(vocab_size=2048, sample_chars={"ko": 30000, "en": 30000, "code": 30000},
                           references=[])
     with _quiet_log(root, "tokenizer") as log:
-        run(cfg, curated_file, root / "tokenizer", root / "eff.json", log)
+        run(cfg, curated_dir, root / "tokenizer", root / "eff.json", log)
     return root / "tokenizer"
 
 
 @pytest.fixture(scope="session")
-def packed(tmp_path_factory, curated_file, tokenizer_dir) -> Path:
+def packed(tmp_path_factory, curated_dir, tokenizer_dir) -> Path:
     """megatron .bin/.idx data and its manifest (pack stage code); returns the manifest path."""
     from pretrain.pack import PackConfig, run
 
     root = tmp_path_factory.mktemp("packed")
     with _quiet_log(root, "pack") as log:
-        run(PackConfig(blend={"ko": 0.35, "en": 0.28, "code": 0.37}), curated_file, tokenizer_dir,
-            root / "packed", log)
+        run(PackConfig(blend={"ko": 0.35, "en": 0.28, "code": 0.37}), PACK_BUDGET, curated_dir,
+            tokenizer_dir, root / "packed", root / "mix.json", log)
     return root / "packed" / "manifest.json"
 
 

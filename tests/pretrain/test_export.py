@@ -93,7 +93,7 @@ def test_export_checks_checkpoint_and_packed_data_first(model_cfg, packed, token
         export(packed)
     target.write_bytes(good)
     shutil.copytree(packed.parent, tmp_path / "packed")
-    held_out = tmp_path / "packed" / "heldout_en.bin"
+    held_out = tmp_path / "packed" / "heldout_en" / "00000.bin"
     held_out.write_bytes(held_out.read_bytes()[:-2])
     with pytest.raises(IntegrityError, match=rf"^{held_out}: size"):
         export(tmp_path / "packed" / "manifest.json")

@@ -17,14 +17,14 @@ pytestmark = pytest.mark.slow
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
-def test_pack_killed_anywhere_gives_the_uninterrupted_bytes(tmp_path, packed, curated_file,
+def test_pack_killed_anywhere_gives_the_uninterrupted_bytes(tmp_path, packed, curated_dir,
                                                             tokenizer_dir) -> None:
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    from dasi.formats import read_parquet
+    from data_gen.curated import read_manifest
     from pretrain.pack import load_manifest
 
-    cmd = dasi("pack", "--curated", str(curated_file), "--tokenizer-dir", str(tokenizer_dir), "--out", "out")
+    cmd = dasi("pack", "--curated", str(curated_dir), "--tokenizer-dir", str(tokenizer_dir), "--out", "out")
     ref, ws = cli_workspace(tmp_path / "ref", packed), cli_workspace(tmp_path / "run", packed)
     wall = timed_run(cmd, cwd=ref, env=ENV)
     killed = kill_then_finish(cmd, seeded_delays(11, 2, 0.3 * wall, 0.95 * wall), cwd=ws, env=ENV)
@@ -34,7 +34,7 @@ def test_pack_killed_anywhere_gives_the_uninterrupted_bytes(tmp_path, packed, cu
     manifest = load_manifest(ws / "out" / "manifest.json")
     for d in manifest.datasets:  # every document once
         assert len(IndexedDataset(str(ws / "out" / d.prefix))) == d.documents
-    assert sum(d.documents for d in manifest.datasets) == read_parquet(curated_file, "curated").num_rows
+    assert sum(d.documents for d in manifest.datasets) == read_manifest(curated_dir)["rows"]
 
 
 def _losses(ws: Path) -> dict[int, set[float]]:

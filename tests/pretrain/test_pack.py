@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from dasi.integrity import IntegrityError
-from pretrain.pack import PackConfig, blend_weights, load_manifest, run, verify_manifest
-from pretrain.tokenizer import TokenizerConfig
-from pretrain.tokenizer import run as train_tokenizer
+from pretrain.mix import TooManyEpochs, mix_report, token_budget
+from pretrain.pack import PackConfig, blend_weights, load_manifest, run, set_weights, verify_manifest
+
+BLEND = {"ko": 0.35, "en": 0.28, "code": 0.37}
 
 
 def test_blend_weights_split_language_share_by_tokens():
@@ -20,57 +21,101 @@ def test_blend_weights_split_language_share_by_tokens():
         blend_weights({"a": 1}, {"a": "code"}, {"ko": 1.0})
 
 
-def test_pack_writes_megatron_readable_data_and_manifest(tmp_path, curated_file, runlog):
+def _entry(name: str, lang: str, tokens: int, split: str = "train") -> dict:
+    return {"name": name, "lang": lang, "split": split, "tokens": tokens}
+
+
+def test_mix_accounting_on_known_numbers():
+    # Two shards of source a (300 + 100 tokens), one of b (50), one held-out set.
+    entries = [_entry("a", "ko", 300), _entry("a", "ko", 100), _entry("b", "en", 50),
+               _entry("heldout_ko", "ko", 20, "valid")]
+    weights = set_weights(entries, {"ko": 0.6, "en": 0.4})
+    assert weights == pytest.approx({"a": 0.6, "b": 0.4})
+    assert [e["weight"] for e in entries] == pytest.approx([0.45, 0.15, 0.4, 1.0])
+    budget = token_budget(train_steps=10, global_batch=4, seq_length=25)
+    assert budget == 1000
+    mix = mix_report(entries, weights, budget, max_epochs=8.0)
+    assert mix == {"format": "pack-mix/1", "budget_tokens": 1000, "max_epochs": 8.0, "sources": {
+        "a": {"lang": "ko", "tokens_available": 400, "weight": 0.6, "tokens_drawn": 600, "epochs": 1.5},
+        "b": {"lang": "en", "tokens_available": 50, "weight": 0.4, "tokens_drawn": 400, "epochs": 8.0}}}
+    with pytest.raises(TooManyEpochs) as e:
+        mix_report(entries, weights, budget, max_epochs=7.9)
+    assert str(e.value).startswith("pack: source 'b' would be repeated 8.0 epochs (400 tokens drawn of 50 "
+                                   "available, weight 0.4, budget 1,000 tokens), above pack.max_epochs = 7.9")
+    assert "raise pack.max_epochs" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_pack_writes_megatron_readable_data_and_manifest(tmp_path, curated_dir, tokenizer_dir, runlog):
     from megatron.core.datasets.indexed_dataset import IndexedDataset
     from transformers import AutoTokenizer
 
-    from dasi.formats import read_parquet
+    from data_gen.curated import iter_docs
 
-    with runlog("tokenizer") as log:
-        train_tokenizer(TokenizerConfig(vocab_size=500, sample_chars={"ko": 5000, "en": 5000,
-                                                                      "code": 5000}, references=[]),
-                        curated_file, tmp_path / "tok", tmp_path / "eff.json", log)
     with runlog("pack") as log:
-        manifest = run(PackConfig(blend={"ko": 0.5, "en": 0.3, "code": 0.2}), curated_file,
-                       tmp_path / "tok", tmp_path / "packed", log)
+        manifest = run(PackConfig(blend={"ko": 0.5, "en": 0.3, "code": 0.2}), 10_000, curated_dir,
+                       tokenizer_dir, tmp_path / "packed", tmp_path / "mix.json", log)
     assert load_manifest(tmp_path / "packed" / "manifest.json") == manifest
     train = manifest.split("train")
-    assert sum(d.weight for d in train) == pytest.approx(1.0, abs=1e-5)
-    assert {d.lang: d.weight for d in train}["ko"] == pytest.approx(0.5, abs=1e-5)
+    assert sum(d.weight for d in train) == pytest.approx(1.0)
+    assert sum(d.weight for d in train if d.lang == "ko") == pytest.approx(0.5)
     assert {d.name for d in manifest.split("valid")} == {"heldout_ko", "heldout_en", "heldout_code"}
+    assert {d.prefix for d in train if d.name == "kolaw"} == {"kolaw/00000", "kolaw/00001"}  # one per shard
 
-    tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
-    docs = [d for d in read_parquet(curated_file, "curated").to_pylist()
-            if d["source"] == "kolaw" and d["split"] == "train"]
-    entry = next(d for d in train if d.name == "kolaw")
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    second = [d["text"] for d in iter_docs(curated_dir) if d["source"] == "kolaw" and d["split"] == "train"
+              and d["doc_id"] in {x["doc_id"] for x in _shard_docs(curated_dir, 1)}]
+    entry = next(d for d in train if d.prefix == "kolaw/00001")
     ds = IndexedDataset(str(tmp_path / "packed" / entry.prefix))
-    assert len(ds) == entry.documents == len(docs)
+    assert len(ds) == entry.documents == len(second)
     assert int(ds.sequence_lengths.sum()) == entry.tokens
-    first = ds[0]
-    assert first.dtype == np.uint16 and first[0] == tok.bos_token_id and first[-1] == tok.eos_token_id
-    assert tok.decode(first[1:-1].tolist()) == docs[0]["text"]
+    for i in (0, len(ds) - 1):
+        doc = ds[i]
+        assert doc.dtype == np.uint16 and doc[0] == tok.bos_token_id and doc[-1] == tok.eos_token_id
+        assert doc[1:-1].tolist() == tok(second[i], add_special_tokens=False)["input_ids"]
+        assert tok.decode(doc[1:-1].tolist()) == second[i]
+    mix = json.loads((tmp_path / "mix.json").read_text())
+    assert mix["budget_tokens"] == 10_000
+    assert mix["sources"]["kolaw"]["tokens_available"] == sum(d.tokens for d in train if d.name == "kolaw")
+
+
+def _shard_docs(curated_dir: Path, i: int) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(curated_dir / "documents" / f"{i:05d}.parquet").to_pylist()
 
 
 def _files(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
 
 
-def test_manifest_records_every_file_and_packing_is_deterministic(tmp_path, curated_file, tokenizer_dir,
-                                                                  runlog):
-    cfg = PackConfig(blend={"ko": 0.35, "en": 0.28, "code": 0.37})
-    for out in ("a", "b"):
+def test_same_bytes_with_one_or_two_workers_and_every_file_recorded(tmp_path, curated_dir, tokenizer_dir,
+                                                                    runlog):
+    for out, workers in (("a", 1), ("b", 2)):
         with runlog("pack") as log:
-            manifest = run(cfg, curated_file, tokenizer_dir, tmp_path / out, log)
+            manifest = run(PackConfig(blend=BLEND, workers=workers, encode_batch=7), 10_000, curated_dir,
+                           tokenizer_dir, tmp_path / out, tmp_path / f"{out}.json", log)
     assert _files(tmp_path / "a") == _files(tmp_path / "b")  # same inputs, same bytes
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
     assert sorted(_files(tmp_path / "a")) == sorted(
         ["manifest.json"] + [f"{d.prefix}.{ext}" for d in manifest.datasets for ext in ("bin", "idx")])
-    assert manifest.format == "pack-manifest/2"
+    assert manifest.format == "pack-manifest/3"
     for d in manifest.datasets:
         for ext in ("bin", "idx"):
             data, rec = (tmp_path / "a" / f"{d.prefix}.{ext}").read_bytes(), getattr(d, ext)
             assert rec.bytes == len(data) and rec.sha256 == hashlib.sha256(data).hexdigest()
     assert verify_manifest(tmp_path / "a" / "manifest.json") == manifest
     assert not list(tmp_path.glob(".*"))  # written through a temp folder, renamed whole
+
+
+def test_too_many_epochs_stop_pack_before_it_writes(tmp_path, curated_dir, tokenizer_dir, runlog):
+    with runlog("pack") as log, pytest.raises(TooManyEpochs) as e:
+        run(PackConfig(blend=BLEND, max_epochs=2), 10**7, curated_dir, tokenizer_dir, tmp_path / "packed",
+            tmp_path / "mix.json", log)
+    msg = str(e.value)
+    assert "\n" not in msg and "above pack.max_epochs = 2: raise pack.max_epochs" in msg
+    assert msg.startswith("pack: source '")
+    assert list(tmp_path.iterdir()) == [tmp_path / "logs"]  # no output, no temp folder
 
 
 def _swap_two_tokens(path: Path) -> None:
@@ -88,10 +133,10 @@ def _flip_last_byte(path: Path) -> None:
 
 
 DAMAGE = {
-    "truncated bin": ("kolaw.bin", lambda p: p.write_bytes(p.read_bytes()[:-10]), "size"),
-    "altered bin, same size": ("kolaw.bin", _swap_two_tokens, "sha256 differs"),
-    "altered idx": ("heldout_en.idx", _flip_last_byte, "sha256 differs"),
-    "missing bin": ("code.bin", Path.unlink, "missing"),
+    "truncated bin": ("kolaw/00000.bin", lambda p: p.write_bytes(p.read_bytes()[:-10]), "size"),
+    "altered bin, same size": ("kolaw/00001.bin", _swap_two_tokens, "sha256 differs"),
+    "altered idx": ("heldout_en/00000.idx", _flip_last_byte, "sha256 differs"),
+    "missing bin": ("code/00001.bin", Path.unlink, "missing"),
 }
 
 
@@ -117,6 +162,28 @@ def test_verify_names_the_damaged_file(tmp_path, packed, case):
 
 def test_manifest_of_another_format_is_refused_in_one_line(tmp_path, packed):
     raw = json.loads(packed.read_text())
-    (tmp_path / "manifest.json").write_text(json.dumps({**raw, "format": "pack-manifest/1"}))
-    with pytest.raises(IntegrityError, match=r"format 'pack-manifest/1', expected 'pack-manifest/2'"):
+    (tmp_path / "manifest.json").write_text(json.dumps({**raw, "format": "pack-manifest/2"}))
+    with pytest.raises(IntegrityError, match=r"format 'pack-manifest/2', expected 'pack-manifest/3'"):
         load_manifest(tmp_path / "manifest.json")
+
+
+def test_dasi_pack_stops_on_too_many_epochs_in_one_line(tmp_path, packed, curated_dir, tokenizer_dir):
+    """The real command: the budget comes from the profile's pretrain and model sections."""
+    import yaml
+
+    from tests.pretrain.conftest import cli_workspace, last_line, run_dasi
+
+    root = cli_workspace(tmp_path / "w", packed)
+    profile = yaml.safe_load((root / "configs" / "w.yaml").read_text())
+    profile["pack"]["max_epochs"] = 0.01  # below what 2,048 tokens draw of the sources
+    (root / "configs" / "w.yaml").write_text(yaml.safe_dump(profile))
+    out = run_dasi(root, "pack", "--curated", str(curated_dir), "--tokenizer-dir", str(tokenizer_dir),
+                   "--out", "out", "--mix", "metrics/mix.json")
+    assert out.returncode == 2, out.stderr[-3000:]
+    line = last_line(out.stderr)
+    assert line.startswith("dasi: config error: pack: source '") and "Traceback" not in out.stderr
+    assert "above pack.max_epochs = 0.01: raise pack.max_epochs" in line
+    budget = profile["pretrain"]["train_steps"] * profile["pretrain"]["global_batch_size"] * 128
+    assert f"budget {budget:,} tokens" in line
+    assert not (root / "out").exists() and not (root / "metrics" / "mix.json").exists()
+    assert not list(root.glob(".out*"))
