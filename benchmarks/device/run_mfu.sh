@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The 1B-proxy MFU benchmark on a lent GPU machine (no network, torch there, no megatron-core):
 # installs the wheels carried in .whl/ (megatron-core, pydantic and its needs for Python 3.12),
-# then runs benchmarks/pretrain_mfu.py three times, about 3-4 minutes in all on an H100:
+# then runs benchmarks/pretrain_mfu.py three times (estimated 3-4 minutes on an H100; not yet run there):
 #   sdpa-mb2      what pretraining runs there (SdpaAttention), micro-batch 2, 8 per step
-#   megatron-mb1  megatron's DotProductAttention (s x s matrix in memory; mb 1 to fit), 8 per step
-#   sdpa-mb4      SdpaAttention at micro-batch 4, 4 per step (may not fit in 80 GB: then it fails alone)
+#   megatron-mb1  megatron's DotProductAttention (s x s matrices in memory: mb 1 to fit), 8 per step
+#   sdpa-mb1      SdpaAttention on megatron-mb1's batches, for the like-for-like comparison
 # Writes $OUT/mfu.jsonl (one JSON line per run that finished), $OUT/<run>.log and $OUT/env.txt;
 # prints a table last. MFU_NO_WHEELS=1 and MFU_EXTRA (flags appended to every run, e.g. --device
 # cpu and a small shape) are for a dry run of this script where the packages are installed.
@@ -16,7 +16,7 @@ if [ -z "${MFU_NO_WHEELS:-}" ]; then
         --target /tmp/site .whl/*.whl || exit 1
     export PYTHONPATH=/tmp/site:$PWD
 fi
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
     python3 -c "import sys, torch; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
@@ -34,7 +34,7 @@ bench() {  # name, time limit (s), benchmark flags...
 }
 bench sdpa-mb2 180 --core-attention sdpa --micro-batch-size 2 --micro-batches 8 --warmup 3 --steps 8
 bench megatron-mb1 120 --core-attention megatron --micro-batch-size 1 --micro-batches 8 --warmup 2 --steps 3
-bench sdpa-mb4 120 --core-attention sdpa --micro-batch-size 4 --micro-batches 4 --warmup 2 --steps 5
+bench sdpa-mb1 120 --core-attention sdpa --micro-batch-size 1 --micro-batches 8 --warmup 2 --steps 3
 
 python3 - "$OUT/mfu.jsonl" <<'TABLE'
 import json, os, sys
