@@ -123,7 +123,8 @@ def build_passes(cfg: CurateConfig, seeds_file: Path, generated_shards: list[Pat
                                             exact)], 1),
         Pass("minhash-sig", [
             ShardReader(filtered), ExactDedupFilter(str(work / "exact" / "dups"), exact),
-            MinhashDedupSignature(str(work / "minhash" / "sigs"), mh, language=WhitespaceWordTokenizer())], t),
+            MinhashDedupSignature(str(work / "minhash" / "sigs"), mh,
+                                  language=WhitespaceWordTokenizer())], t),
         Pass("minhash-buckets", [MinhashDedupBuckets(str(work / "minhash" / "sigs"),
                                                      str(work / "minhash" / "buckets"), config=mh)],
              cfg.minhash.num_buckets),

@@ -48,7 +48,8 @@ def by_source(counts: Counts, prefix: str) -> dict[str, tuple[int, float]]:
 
 
 def curate_stats(passes: list[tuple[str, list[PipelineStep], int, Path]]) -> dict:
-    """Stats of a finished run; ``passes``: (name, pipeline, tasks, logging dir) in run order."""
+    """Stats of a finished run; ``passes``: (name, pipeline, tasks, logging dir) in run order,
+    the last one writing the output."""
     inputs: dict[str, int] = {}
     removed: dict[str, dict[str, dict[str, int]]] = {}
     reasons: dict[str, int] = {}
@@ -56,7 +57,8 @@ def curate_stats(passes: list[tuple[str, list[PipelineStep], int, Path]]) -> dic
     kept: dict[str, dict[str, int]] = {}
     splits: dict[str, dict[str, int]] = defaultdict(dict)
     clusters = 0
-    for _, steps, tasks, logging_dir in passes:
+    for name, steps, tasks, logging_dir in passes:
+        final = name == passes[-1][0]  # its writer's counts are the output's (pass 1 writes too)
         for step, counts in zip(steps, merged_step_stats(logging_dir, tasks, len(steps)), strict=True):
             reason = getattr(step, "reason", None)
             if reason is not None:
@@ -64,12 +66,14 @@ def curate_stats(passes: list[tuple[str, list[PipelineStep], int, Path]]) -> dic
                 reasons |= {f"{reason}:{k.removeprefix('dropped_')}": n
                             for k, (n, _) in sorted(counts.items()) if k.startswith("dropped_")}
             inputs |= {s: n for s, (n, _) in by_source(counts, "input").items()}
-            kept |= {s: {"documents": n, "bytes": int(b)} for s, (n, b) in by_source(counts, "kept").items()}
+            if final:
+                kept |= {s: {"documents": n, "bytes": int(b)}
+                         for s, (n, b) in by_source(counts, "kept").items()}
             for key, (n, total) in counts.items():
                 if key.startswith("pii_") and not key.startswith("pii_docs/"):
                     kind, source = key.removeprefix("pii_").split("/", 1)
                     pii[kind][source] = int(total)
-                elif key.startswith("split_"):
+                elif key.startswith("split_") and final:
                     split, lang = key.removeprefix("split_").split("/", 1)
                     splits[split][lang] = n
             clusters += counts.get("clusters", (0, 0))[0]
