@@ -182,3 +182,20 @@ def test_slurm_dry_run_prints_each_pass_array(tmp_path, natural_docs):
         assert f"#SBATCH --job-name=dasi-curate-{name}" in text
     assert "#SBATCH --partition=cpu" in text and "--array=0-7" in text and "--array=0-13" in text
     assert not (tmp_path / "curated").exists() and not (tmp_path / "logs").exists()  # nothing ran
+
+
+def test_stale_work_of_another_fingerprint_is_removed_and_logged(tmp_path):
+    from data_gen.curate.pipeline import WORK_DIR, prepare_work
+    from tests.data_gen.conftest import EventLog
+
+    stale = tmp_path / WORK_DIR / "0123456789abcdef"
+    (stale / "logs").mkdir(parents=True)
+    (stale / "logs" / "x").write_text("old")
+    log = EventLog()
+    work = prepare_work(tmp_path, {"config": "a"}, log)
+    assert not stale.exists() and work.is_dir()
+    assert log.events[0][0] == "discarded_stale_work" and log.events[0][1]["files"] == 1
+    (work / "logs").mkdir()
+    log = EventLog()
+    assert prepare_work(tmp_path, {"config": "a"}, log) == work  # same fingerprint: resumed
+    assert [e for e, _ in log.events] == ["resume"]
