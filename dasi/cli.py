@@ -165,8 +165,8 @@ def pack(curated: Path = Path("data/curated"),
     from pretrain.mix import token_budget
     from pretrain.pretrain_config import PretrainConfig
 
-    def work(cfg, pretrain, model, log):
-        budget = token_budget(pretrain.train_steps, pretrain.global_batch, model.seq_length)
+    def work(cfg, train, model, log):
+        budget = token_budget(train.train_steps, train.global_batch, model.seq_length)
         return stage.run(cfg, budget, curated, tokenizer_dir, out, mix, log)
 
     run_stage("pack", {"pack": stage.PackConfig, "pretrain": PretrainConfig, "model": ModelConfig},
