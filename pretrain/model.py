@@ -126,6 +126,9 @@ def transformer_config(m: ModelConfig, bf16: bool = False, initialize: bool = Tr
         persist_layer_norm=False,
         bias_dropout_fusion=gpu,
         apply_rope_fusion=False,
+        # megatron's own fused vocab-parallel cross entropy (jit, no TE/Apex): one pass over the logits
+        cross_entropy_loss_fusion=gpu,
+        cross_entropy_fusion_impl="native",
     )
 
 
@@ -158,8 +161,11 @@ def tp_numel(model: torch.nn.Module) -> int:
     from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
 
     local = sum(p.numel() for p in model.parameters() if param_is_not_tensor_parallel_duplicate(p))
-    total = torch.tensor([local], dtype=torch.float64)
-    torch.distributed.all_reduce(total, group=mpu.get_tensor_model_parallel_group())
+    group = mpu.get_tensor_model_parallel_group()
+    # NCCL reduces only CUDA tensors, gloo only CPU ones.
+    device = "cuda" if torch.distributed.get_backend(group) == "nccl" else "cpu"
+    total = torch.tensor([local], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(total, group=group)
     return int(total.item())
 
 

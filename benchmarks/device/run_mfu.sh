@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The 1B-proxy MFU benchmark on a lent GPU machine (no network, torch there, no megatron-core):
 # installs the wheels carried in .whl/ (megatron-core, pydantic and its needs for Python 3.12),
-# then runs benchmarks/pretrain_mfu.py three times (estimated 3-4 minutes on an H100; not yet run there):
-#   sdpa-mb2      what pretraining runs there (SdpaAttention), micro-batch 2, 8 per step
+# then runs benchmarks/pretrain_mfu.py three times (2 minutes on an H100, 2026-11-26):
+#   sdpa-mb4      what pretraining runs there (SdpaAttention), micro-batch 4, 4 per step (the best measured)
 #   megatron-mb1  megatron's DotProductAttention (s x s matrices in memory: mb 1 to fit), 8 per step
 #   sdpa-mb1      SdpaAttention on megatron-mb1's batches, for the like-for-like comparison
 # Writes $OUT/mfu.jsonl (one JSON line per run that finished), $OUT/<run>.log and $OUT/env.txt;
@@ -32,7 +32,7 @@ bench() {  # name, time limit (s), benchmark flags...
     local rc=$?
     tail -1 "$OUT/$name.log" | grep '^{' >>"$OUT/mfu.jsonl" || { echo "$name failed (rc $rc):"; tail -5 "$OUT/$name.log"; }
 }
-bench sdpa-mb2 180 --core-attention sdpa --micro-batch-size 2 --micro-batches 8 --warmup 3 --steps 8
+bench sdpa-mb4 180 --core-attention sdpa --micro-batch-size 4 --micro-batches 4 --warmup 3 --steps 8
 bench megatron-mb1 120 --core-attention megatron --micro-batch-size 1 --micro-batches 8 --warmup 2 --steps 3
 bench sdpa-mb1 120 --core-attention sdpa --micro-batch-size 1 --micro-batches 8 --warmup 2 --steps 3
 
