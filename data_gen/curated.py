@@ -2,7 +2,7 @@
 
 Layout of ``data/curated`` (written by ``curate``)::
 
-    documents/00000.parquet ...   format ``curated/2``, one shard per curate task, row groups of
+    documents/00000.parquet ...   format ``curated/1``, one shard per curate task, row groups of
                                   ROW_GROUP documents; columns as SCHEMAS["curated"]
     _manifest.json                format ``curated-manifest/1``: every shard's file (relative),
                                   rows, bytes and sha256 (null in ``size`` mode), rows per split

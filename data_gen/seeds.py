@@ -16,6 +16,7 @@ from data_gen.teacher import TeachersConfig
 from data_gen.templates import TEMPLATES_DIR, Template, load_instructions, load_slots, load_templates
 
 REQUEST_ROW_GROUP = 1024
+DOCUMENT_ROW_GROUP = 1024
 
 
 class TemplateRoute(StrictModel):
@@ -101,7 +102,8 @@ def run(cfg: SeedsConfig, teachers: TeachersConfig, out_dir: Path, log) -> dict:
     routed_templates(cfg, teachers)  # refuse a bad routing before collecting anything
     docs = collect_documents(cfg)
     requests = build_requests(cfg, teachers, docs)
-    write_parquet(out_dir / "documents.parquet", docs, "documents")
+    # curate splits its input among tasks by row group
+    write_parquet(out_dir / "documents.parquet", docs, "documents", row_group_size=DOCUMENT_ROW_GROUP)
     # Small row groups: a generation task reads only the rows of the shards it runs.
     write_parquet(out_dir / "requests.parquet", requests, "requests", row_group_size=REQUEST_ROW_GROUP)
     summary = {"documents": len(docs), "requests": len(requests)}
