@@ -138,7 +138,8 @@ def pack_shard(shard: str, out_root: str, bos: int, eos: int, dtype_name: str, b
     stats: dict[tuple[str, str], dict] = {}
     for rb in pq.ParquetFile(shard).iter_batches(batch_size=batch, columns=READ_COLUMNS):
         cols = rb.to_pydict()
-        encoded = _Worker.tok.encode_batch(cols["text"], add_special_tokens=False)
+        # _fast: the same ids without character offsets, which pack never reads (~15% faster).
+        encoded = _Worker.tok.encode_batch_fast(cols["text"], add_special_tokens=False)
         rows = zip(encoded, cols["source"], cols["lang"], cols["split"], strict=True)
         for enc, source, lang, split in rows:
             key = dataset_of(split, source, lang)
