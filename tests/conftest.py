@@ -51,20 +51,6 @@ def natural_docs() -> list[dict]:
     return [d for s in sources for d in iter_documents(s)]
 
 
-@pytest.fixture(scope="session")
-def curated_file(tmp_path_factory, natural_docs) -> Path:
-    """A curated Parquet file made from natural documents through the real curate code."""
-    from dasi.formats import write_parquet
-    from data_gen.curate import assign_splits
-
-    docs = [{"doc_id": d["doc_id"], "source": d["source"], "kind": "natural", "lang": d["lang"],
-             "text": d["text"], "n_chars": d["n_chars"], "provenance": "{}"} for d in natural_docs]
-    assign_splits(docs, 0.1)
-    path = tmp_path_factory.mktemp("curated") / "documents.parquet"
-    write_parquet(path, docs, "curated")
-    return path
-
-
 def write_curated_dir(root: Path, docs: list[dict], shards: int = 2) -> Path:
     """A curated folder (``documents/NNNNN.parquet`` + manifest, as curate writes it) holding
     ``docs``; each (split, source) group is dealt round-robin over ``shards`` shards, so every
