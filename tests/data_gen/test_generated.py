@@ -53,12 +53,14 @@ def test_a_changed_folder_stops_the_reader_naming_the_file(gen, fault, says):
     assert {p: p.read_bytes() for p in gen.rglob("*") if p.is_file()} == before  # nothing touched
 
 
-def test_curate_and_sft_data_refuse_an_edited_shard(gen, tmp_path_factory):
-    from data_gen.curate import synthetic_docs
+def test_curate_and_sft_data_refuse_an_edited_shard(gen, tmp_path):
+    from data_gen.curate import CurateConfig, run
     from data_gen.sft_data import sft_rows
 
     edit_one_text(gen / "a/shard-00000.parquet")
+    out = tmp_path / "curated"
     with pytest.raises(IntegrityError, match="a/shard-00000.parquet"):
-        synthetic_docs(gen)
+        run(CurateConfig(), tmp_path / "seeds.parquet", gen, out, tmp_path / "stats.json", log=None)
+    assert not out.exists()  # refused before any work
     with pytest.raises(IntegrityError, match="a/shard-00000.parquet"):
         list(sft_rows(gen))
