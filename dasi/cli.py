@@ -299,7 +299,7 @@ def release(base: Path = Path("data/hf/base"), sft_model: Path = Path("data/hf/s
 
     profile = resolve_params(params, profiles)["profile"]
     out = out or Path("releases") / profile
-    names = ("curate", "tokenizer", "pretrain", "export", "sft", "eval")
+    names = ("curate", "tokenizer", "mix", "pretrain", "export", "sft", "eval")
     metric_files = [metrics_dir / f"{n}.json" for n in names]
     run_stage("release", {"release": stage.ReleaseConfig, "model": ModelConfig},
               [base, sft_model, lock, *metric_files], [out],

@@ -92,7 +92,9 @@ dasi pipeline (profile `{profile}`). `models/base` is the pretrained model, `mod
 instruction-tuned one; both are Hugging Face `LlamaForCausalLM` folders.
 
 **Data.** Natural Korean text (konlpy corpora), English prose, Python source and teacher-written
-synthetic documents, filtered and deduplicated (see `results.json` → `curate`). Kept per source:
+synthetic documents, filtered (language ID, quality, spam), PII-scrubbed, deduplicated (exact and
+MinHash) and decontaminated against the evaluation items (see `results.json` → `curate`; the
+epochs each source is repeated: `mix`). Kept per source:
 {data}
 
 Korean requests the teacher failed (dropped by curation): {ko_failed}.
@@ -118,7 +120,8 @@ no useful text, and its benchmark scores are at chance. Only the process is mean
 `LlamaForCausalLM` 형식입니다.
 
 **데이터.** konlpy 말뭉치의 한국어 자연 텍스트, 영어 문서, 파이썬 소스 코드, 교사 모델이 생성한
-합성 문서를 필터링하고 중복을 제거해 사용했습니다(`results.json`의 `curate` 참고). 교사 모델이
+합성 문서를 필터링(언어 판별, 품질, 스팸)하고 개인정보를 가린 뒤 중복(완전 일치와 MinHash)과 평가
+문항 오염을 제거해 사용했습니다(`results.json`의 `curate`, 출처별 반복 횟수는 `mix` 참고). 교사 모델이
 한국어로 제대로 쓰지 못해 걸러진 요청 수: {ko_failed}.
 
 **학습.** `results.json`의 `pretrain`, `sft` 항목과 `dvc.lock`이 가리키는 실행 로그에 설정,
