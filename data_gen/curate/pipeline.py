@@ -263,6 +263,20 @@ def merge_reports(work: Path, tasks: int) -> None:
         target.with_suffix(".tmp").replace(target)
 
 
+OUTPUTS = {WORK_DIR, "documents", "reports", MANIFEST_FILE}
+
+
+def remove_strays(out_dir: Path, log) -> None:
+    """Anything else in ``out_dir`` (an older layout's file, say) would enter the DVC output's
+    hash: the folder holds what this run wrote and nothing more."""
+    strays = sorted(p.name for p in out_dir.iterdir() if p.name not in OUTPUTS)
+    if strays:
+        log.event("removed_stray_outputs", folder=str(out_dir), names=strays)
+    for name in strays:
+        path = out_dir / name
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
 def move_into_place(work: Path, out_dir: Path) -> None:
     """Replace ``documents/`` and ``reports/`` of ``out_dir``; each move is one rename, and a
     re-run after a kill here moves only what is still in the work folder."""
@@ -275,10 +289,11 @@ def move_into_place(work: Path, out_dir: Path) -> None:
             src.replace(out_dir / name)
 
 
-def finish(cfg: CurateConfig, passes: list[Pass], work: Path, out_dir: Path, stats_file: Path) -> dict:
+def finish(cfg: CurateConfig, passes: list[Pass], work: Path, out_dir: Path, stats_file: Path, log) -> dict:
     stats = curate_stats([(p.name, p.pipeline, p.tasks, logging_dir(work, p.name)) for p in passes])
     if (work / "documents").is_dir():  # nothing moved yet: (re)merge the reports
         merge_reports(work, cfg.tasks)
+    remove_strays(out_dir, log)
     move_into_place(work, out_dir)
     shards = [out_dir / "documents" / f"{r:05d}.parquet" for r in range(cfg.tasks)]
     write_manifest(out_dir, shards, stats["split_by_lang"], cfg.verify)
@@ -303,6 +318,6 @@ def run(cfg: CurateConfig, seeds_file: Path, generated_dir: Path, out_dir: Path,
         return {"dry_run": dry_run_text(cfg, launcher, passes, work.resolve())}
     if not passes_done(work, passes):
         run_passes(cfg, launcher, passes, work, log)
-    stats = finish(cfg, passes, work, out_dir, stats_file)
+    stats = finish(cfg, passes, work, out_dir, stats_file, log)
     log.summary({k: v for k, v in stats.items() if not isinstance(v, dict) and k != "format"})
     return stats

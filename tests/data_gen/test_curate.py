@@ -199,3 +199,20 @@ def test_stale_work_of_another_fingerprint_is_removed_and_logged(tmp_path):
     log = EventLog()
     assert prepare_work(tmp_path, {"config": "a"}, log) == work  # same fingerprint: resumed
     assert [e for e, _ in log.events] == ["resume"]
+
+
+def test_files_of_an_older_layout_leave_the_output_folder_with_an_event(tmp_path):
+    from data_gen.curate.pipeline import WORK_DIR, remove_strays
+    from tests.data_gen.conftest import EventLog
+
+    for name in ("documents", "reports", WORK_DIR):
+        (tmp_path / name).mkdir()
+    (tmp_path / "_manifest.json").write_text("{}")
+    (tmp_path / "documents.parquet").write_text("curated/1 as one file")  # the layout before shards
+    (tmp_path / "old").mkdir()
+    log = EventLog()
+    remove_strays(tmp_path, log)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["documents", "reports", WORK_DIR,
+                                                                 "_manifest.json"])
+    assert log.events == [("removed_stray_outputs", {"folder": str(tmp_path),
+                                                     "names": ["documents.parquet", "old"]})]
