@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import xxhash
 from datatrove.data import Document, DocumentsPipeline
 from pydantic import Field, PositiveInt, model_validator
 
@@ -27,18 +26,68 @@ from data_gen.source_filter import SourceFilter, doc_source
 if TYPE_CHECKING:
     from evals.harness import TaskSpec
 
-INDEX_FORMAT = "ngram-index/1"
+INDEX_FORMAT = "ngram-index/2"
 # The fields that make an item's text, per local task; a local task not listed here is an error.
 ITEM_FIELDS = {"kobest_copa": ("premise", "alternative_1", "alternative_2")}
 _NOT_WORD = re.compile(r"[^\w\s]|_")
 
 
+def _normalized(text: str) -> str:
+    return _NOT_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold())
+
+
 def words(text: str) -> list[str]:
-    return _NOT_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).split()
+    return _normalized(text).split()
 
 
-def _hash(gram: list[str]) -> int:
-    return xxhash.xxh64_intdigest(" ".join(gram).encode("utf-8"))
+_BASE = np.uint64(0x9E3779B97F4A7C15)  # odd: multiplication by it is a bijection mod 2**64
+_MAX_SPACE = 0x3000  # no code point above this one is whitespace
+# str.split()'s separators: the code points whose str.isspace() is true.
+_IS_SPACE = np.array([chr(c).isspace() for c in range(_MAX_SPACE + 1)] + [False])
+_POWERS = np.cumprod(np.full(64, _BASE, np.uint64))  # _BASE ** (k + 1), wrapping; grown on demand
+
+
+def _powers(k: int) -> np.ndarray:
+    """_BASE ** (j + 1) for j < at least k (array arithmetic: numpy scalars would warn on overflow)."""
+    global _POWERS
+    while len(_POWERS) < k:
+        _POWERS = np.concatenate([_POWERS, _POWERS * _POWERS[-1:]])
+    return _POWERS
+
+
+def word_hashes(text: str) -> np.ndarray:
+    """A 64-bit hash of each of ``words(text)``, computed over the code points of the whole text at
+    once (a polynomial of each word's code points, mixed with its length) instead of word by word."""
+    cps = np.frombuffer(_normalized(text).encode("utf-32-le"), np.uint32).astype(np.uint64)
+    at = np.flatnonzero(~_IS_SPACE[np.minimum(cps, _MAX_SPACE + 1)])  # the positions of word characters
+    if not len(at):
+        return np.zeros(0, np.uint64)
+    starts = np.flatnonzero(np.diff(at, prepend=-2) != 1)  # where a run of word characters begins
+    offset = np.arange(len(at)) - np.repeat(starts, np.diff(starts, append=len(at)))
+    sums = np.add.reduceat(cps[at] * _powers(int(offset.max()) + 1)[offset], starts)
+    return _mix(sums ^ (np.diff(starts, append=len(at)).astype(np.uint64) << np.uint64(40)))
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer: spreads the polynomial's structure over all 64 bits."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def gram_hashes(word_hashes: np.ndarray, lengths: Iterable[int]) -> dict[int, np.ndarray]:
+    """{length: hash of the gram of that many words starting at each position}, all positions at
+    once: a polynomial of the word hashes (uint64, wrapping), built one word longer per step, then
+    mixed with the length so grams of different lengths hash apart."""
+    wanted, out = set(lengths), {}
+    poly = np.zeros(len(word_hashes), np.uint64)
+    for length in range(1, max(wanted, default=0) + 1):
+        if length > len(word_hashes):
+            break
+        poly = poly[:len(word_hashes) - length + 1] * _BASE + word_hashes[length - 1:]
+        if length in wanted:
+            out[length] = _mix(poly ^ np.uint64(length))
+    return out
 
 
 class DecontamConfig(StrictModel):
@@ -53,43 +102,65 @@ class DecontamConfig(StrictModel):
 
 
 class NgramIndex:
+    """Gram hashes as a sorted uint64 array beside the index of each one's item (12 bytes a gram);
+    lookups are a vectorised binary search over all of a text's grams at once."""
+
     def __init__(self, n: int = 13, min_words: int = 8) -> None:
         DecontamConfig(n=n, min_words=min_words)
         self.n, self.min_words = n, min_words
         self.item_ids: list[str] = []
-        self._grams: dict[int, int] = {}  # gram hash -> index into item_ids (first item wins)
+        self._hashes = np.zeros(0, np.uint64)  # sorted, unique
+        self._items = np.zeros(0, np.uint32)  # index into item_ids of each hash (first item added wins)
+        self._pending: list[tuple[np.ndarray, int]] = []  # (gram hashes, item) added since the last sort
         self._lengths: set[int] = set()  # gram lengths present: n, and those of short items
 
     def add(self, item_id: str, text: str) -> int:
         """Index ``text`` under ``item_id``; returns how many grams it contributed."""
-        ws = words(text)
-        length = min(self.n, len(ws))
+        hashes = word_hashes(text)
+        length = min(self.n, len(hashes))
         if length < self.min_words:
             return 0
         self.item_ids.append(item_id)
-        for i in range(len(ws) - length + 1):
-            self._grams.setdefault(_hash(ws[i: i + length]), len(self.item_ids) - 1)
+        grams = gram_hashes(hashes, [length])[length]
+        self._pending.append((grams, len(self.item_ids) - 1))
         self._lengths.add(length)
-        return len(ws) - length + 1
+        return len(grams)
+
+    def _sorted(self) -> None:
+        """Merge the pending grams into the sorted arrays; a hash already present keeps its item."""
+        if not self._pending:
+            return
+        hashes = np.concatenate([self._hashes, *(g for g, _ in self._pending)])
+        items = np.concatenate([self._items, *(np.full(len(g), i, np.uint32) for g, i in self._pending)])
+        # np.unique's return_index is the first occurrence: the earliest item added, as before the sort
+        self._hashes, first = np.unique(hashes, return_index=True)
+        self._items = items[first]
+        self._pending = []
 
     def match(self, text: str) -> str | None:
-        """The item of the first gram of ``text`` (in text order) that is in the index, if any."""
-        ws = words(text)
-        for i in range(len(ws)):
-            for length in self._lengths:
-                if i + length <= len(ws) and (hit := self._grams.get(_hash(ws[i: i + length]))) is not None:
-                    return self.item_ids[hit]
-        return None
+        """The item of the first gram of ``text`` (in text order; at one position, the shortest
+        gram first) that is in the index, if any."""
+        self._sorted()
+        if not len(self._hashes):
+            return None
+        best: tuple[int, int, int] | None = None  # (position, length, item) of the first hit so far
+        for length, grams in gram_hashes(word_hashes(text), self._lengths).items():
+            at = np.searchsorted(self._hashes, grams).clip(max=len(self._hashes) - 1)
+            hits = np.flatnonzero(self._hashes[at] == grams)
+            if len(hits) and (best is None or (int(hits[0]), length) < best[:2]):
+                best = (int(hits[0]), length, int(self._items[at[hits[0]]]))
+        return None if best is None else self.item_ids[best[2]]
 
     def __len__(self) -> int:
-        return len(self._grams)
+        self._sorted()
+        return len(self._hashes)
 
     def save(self, path: str | Path) -> None:
+        self._sorted()
         meta = {"format": INDEX_FORMAT, "n": self.n, "min_words": self.min_words,
                 "lengths": sorted(self._lengths), "item_ids": self.item_ids}
         with open(path, "wb") as f:  # a file object: numpy would otherwise append .npz to the name
-            np.savez(f, hashes=np.fromiter(self._grams, np.uint64, len(self._grams)),
-                     items=np.fromiter(self._grams.values(), np.uint32, len(self._grams)),
+            np.savez(f, hashes=self._hashes, items=self._items,
                      meta=np.array(json.dumps(meta, ensure_ascii=False)))
 
     @classmethod
@@ -100,7 +171,7 @@ class NgramIndex:
                 raise ValueError(f"{path}: format {meta.get('format')!r}, expected {INDEX_FORMAT}")
             index = cls(meta["n"], meta["min_words"])
             index.item_ids, index._lengths = meta["item_ids"], set(meta["lengths"])
-            index._grams = dict(zip(z["hashes"].tolist(), z["items"].tolist(), strict=True))
+            index._hashes, index._items = z["hashes"], z["items"]
         return index
 
 

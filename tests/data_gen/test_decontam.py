@@ -106,3 +106,51 @@ def test_unknown_format_and_bad_config_are_refused(tmp_path):
         NgramIndex.load(tmp_path / "old")
     with pytest.raises(ValidationError, match="min_words"):
         DecontamConfig(n=5, min_words=8)
+
+
+class ReferenceIndex:
+    """The plain definition: a dict of word tuples, each gram checked one at a time; at one text
+    position the shorter gram first, and a gram shared by two items belongs to the first added."""
+
+    def __init__(self, n: int, min_words: int) -> None:
+        self.n, self.min_words, self.grams = n, min_words, {}
+
+    def add(self, item_id: str, text: str) -> None:
+        ws = words(text)
+        length = min(self.n, len(ws))
+        if length >= self.min_words:
+            for i in range(len(ws) - length + 1):
+                self.grams.setdefault(tuple(ws[i: i + length]), item_id)
+
+    def match(self, text: str) -> str | None:
+        ws, lengths = words(text), sorted({len(g) for g in self.grams})
+        for i in range(len(ws)):
+            for length in lengths:
+                if i + length <= len(ws) and (hit := self.grams.get(tuple(ws[i: i + length]))):
+                    return hit
+        return None
+
+
+@pytest.mark.parametrize("n,min_words", [(13, 8), (5, 3)])
+def test_vectorised_match_agrees_with_the_per_gram_reference(copa_items, n, min_words):
+    import random
+
+    docs = [d for c in ("kolaw", "kobill")
+            for d in iter_documents(KonlpySource(type="konlpy", name=c, lang="ko", corpus=c))]
+    items = [*copa_items, *((f"heldout/{d['doc_id']}", d["text"]) for d in docs[::4])]
+    index, reference = NgramIndex(n=n, min_words=min_words), ReferenceIndex(n, min_words)
+    for item_id, text in items:
+        index.add(item_id, text)
+        reference.add(item_id, text)
+    rng = random.Random(0)
+    spliced = []  # a span of an item (some too short to match) amid another document's words
+    for _ in range(40):
+        host = rng.choice(docs)["text"].split()
+        span = rng.choice(items)[1].split()
+        start, size = rng.randrange(len(span)), rng.randint(2, 16)
+        at = rng.randrange(len(host))
+        spliced.append(" ".join(host[:at] + span[start: start + size] + host[at:]))
+    probes = [d["text"] for d in docs] + [t for _, t in copa_items] + spliced
+    got = [index.match(p) for p in probes]
+    assert got == [reference.match(p) for p in probes]
+    assert sum(g is not None for g in got) >= len(docs) // 4 + 32  # the indexed ones, at least
