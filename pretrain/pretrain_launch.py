@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shlex
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Literal
@@ -11,6 +13,9 @@ from pretrain.pretrain_config import PretrainConfig
 
 Launcher = Literal["local", "torchrun", "slurm"]
 WORKER = "pretrain.pretrain_worker"
+# sbatch's --output folder, relative to the submitting directory: Slurm does not create it (a job
+# whose output file cannot be opened fails at once), so submit() does.
+SLURM_LOGS = Path("logs/slurm")
 
 
 def choose(cfg: PretrainConfig, launcher: str = "local") -> Launcher:
@@ -35,10 +40,11 @@ def slurm_script(cfg: PretrainConfig, job: Path, python: str = "python") -> str:
     sbatch = [f"--job-name={s.job_name}", f"--partition={s.partition}", f"--nodes={par.nodes}",
               "--ntasks-per-node=1", f"--gpus-per-node={par.procs_per_node}",
               f"--cpus-per-task={s.cpus_per_task}", f"--time={s.time}", "--exclusive",
-              "--output=logs/slurm/%x-%j.out"]
+              f"--output={SLURM_LOGS.as_posix()}/%x-%j.out"]
     if s.account:
         sbatch.append(f"--account={s.account}")
     lines = ["#!/bin/bash"] + [f"#SBATCH {o}" for o in sbatch + list(s.extra_sbatch)]
+    lines.append(f"# dasi creates {SLURM_LOGS.as_posix()}/ before submitting: sbatch does not create it")
     run = [python, "-m", "torch.distributed.run", f"--nnodes={par.nodes}",
            f"--nproc-per-node={par.procs_per_node}", "--rdzv-backend=c10d",
            '--rdzv-endpoint="$MASTER_ADDR:29500"', '--rdzv-id="$SLURM_JOB_ID"', *worker_args(job)]
@@ -60,3 +66,23 @@ def dry_run(cfg: PretrainConfig, job: Path, launcher: str = "local") -> str:
     if kind == "torchrun":
         return shlex.join(torchrun_command(cfg, job))
     return f"in-process: {shlex.join([sys.executable, *worker_args(job)])}"
+
+
+def submit(script: Path) -> tuple[str | None, int]:
+    """``sbatch --wait`` the script (its output folder created first); returns the job id (None
+    when sbatch printed none) and sbatch's exit status: the job's, nonzero on TIMEOUT or failure."""
+    SLURM_LOGS.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["sbatch", "--parsable", "--wait", str(script)], stdout=subprocess.PIPE, text=True)
+    first = done.stdout.strip().splitlines()[:1]
+    return (first[0].split(";")[0] if first else None), done.returncode
+
+
+def job_state(job_id: str | None) -> str:
+    """The job's final state as sacct reports it (TIMEOUT, FAILED, CANCELLED by ..., ...), or
+    "unknown" when sacct is missing or says nothing."""
+    if job_id is None or shutil.which("sacct") is None:
+        return "unknown"
+    out = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State"], capture_output=True,
+                         text=True)
+    first = out.stdout.strip().splitlines()[:1]
+    return first[0].strip() if out.returncode == 0 and first else "unknown"

@@ -127,8 +127,28 @@ def run(model: ModelConfig, cfg: PretrainConfig, manifest: Path, checkpoints: Pa
     else:
         script = checkpoints / "pretrain.sbatch"
         script.write_text(launch.slurm_script(cfg, job, python=sys.executable))
-        subprocess.run(["sbatch", "--wait", str(script)], check=True)
+        job_id, status = launch.submit(script)
+        if status:  # TIMEOUT, preemption, a crash: keep the segment's curves, then stop
+            replay(checkpoints / "records.jsonl", log)
+            raise _job_failed(cfg, checkpoints, job_id, status, log)
     return _finish(replay(checkpoints / "records.jsonl", log), cfg, checkpoints)
+
+
+class SlurmJobFailed(RuntimeError):
+    """The Slurm job ended other than COMPLETED; its logs were replayed into the run log first."""
+
+
+def _job_failed(cfg: PretrainConfig, checkpoints: Path, job_id: str | None, status: int,
+                log: Any) -> SlurmJobFailed:
+    state = launch.job_state(job_id)
+    step = ckpt.latest_step(checkpoints)
+    output = launch.SLURM_LOGS / f"{cfg.slurm.job_name}-{job_id}.out"
+    log.event("slurm_job_failed", job_id=job_id, state=state, sbatch_exit=status, latest_step=step,
+              slurm_output=str(output))
+    resumes = (f"resubmitting resumes from {checkpoints / ckpt.LATEST} (step {step})" if step
+               else "no checkpoint was saved: resubmitting starts from step 0")
+    return SlurmJobFailed(f"slurm job {job_id} ended {state} (sbatch exit {status}; output {output}); "
+                          f"its logs are in the run log; {resumes}")
 
 
 def _reuse(checkpoints: Path, step: int, log: Any) -> dict[str, Any]:
