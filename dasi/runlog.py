@@ -8,7 +8,9 @@ Files in a run folder:
   env.json       Python, packages, git commit + dirty flag (or why git could not say), host,
                  CPU/GPU, the lock file's path + sha256 and the packages that differ from it
   inputs.json    sha256 of every input file/folder at start
-  outputs.json   sha256 of every output at the end
+  outputs.json   every output at the end: {path: {"mode", "files", "bytes", and "sha256" (mode
+                 sha256: of the content) or "sizes_sha256" (mode size: of the sorted
+                 (relative path, size) list)}}; null for an output that is missing
   metrics.jsonl  one JSON object per line: {"step", "time", <metric>: <value>, ...}
   events.jsonl   one JSON object per line: {"time", "event", ...} (resume, skip, warning;
                  git_unavailable, lock_missing, env_differs_from_lock at the start)
@@ -32,10 +34,11 @@ from typing import Any
 from pydantic import BaseModel
 
 from dasi.atomic import write_json
-from dasi.provenance import environment, environment_events, hash_paths, sha256_text
+from dasi.integrity import VerifyMode
+from dasi.provenance import environment, environment_events, hash_paths, sha256_path, sha256_text
 from dasi.strict import StrictModel
 
-FORMAT = "dasi.runlog/1"
+FORMAT = "dasi.runlog/2"  # /2: outputs.json records the hashing mode, file count and bytes
 
 
 class LoggingConfig(StrictModel):
@@ -56,6 +59,27 @@ def _jsonable(value: Any) -> Any:
 def new_run_id(config_json: str) -> str:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"{stamp}-{sha256_text(config_json)[:8]}"
+
+
+def _files(path: Path) -> list[Path]:
+    return [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+
+
+def output_record(path: Path, mode: VerifyMode = "sha256") -> dict[str, Any] | None:
+    """What outputs.json says of ``path``: sha256 reads every byte; size only stats, for outputs
+    too big to read again at the end of a run (a 10.8B run's checkpoint folder holds terabytes)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    files = _files(path)
+    rec: dict[str, Any] = {"mode": mode, "files": len(files), "bytes": sum(f.stat().st_size for f in files)}
+    if mode == "sha256":
+        rec["sha256"] = sha256_path(path)
+    else:
+        base = path if path.is_dir() else path.parent
+        listing = "".join(f"{f.relative_to(base).as_posix()}\0{f.stat().st_size}\n" for f in files)
+        rec["sizes_sha256"] = sha256_text(listing)
+    return rec
 
 
 class Terminated(BaseException):
@@ -134,6 +158,7 @@ class RunLog:
         self.config = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
         self.inputs = [Path(p) for p in inputs or []]
         self.outputs = [Path(p) for p in outputs or []]
+        self.outputs_mode: VerifyMode = "sha256"
         self.logging = logging or LoggingConfig()
         self.profile = profile
         cfg_json = json.dumps(self.config, sort_keys=True)
@@ -187,7 +212,8 @@ class RunLog:
             signal.signal(signal.SIGTERM, self._sigterm)
         ok = exc_type is None
         if ok:
-            write_json(self.dir / "outputs.json", hash_paths(self.outputs))
+            write_json(self.dir / "outputs.json",
+                       {str(p): output_record(p, self.outputs_mode) for p in self.outputs})
         self._run.update(
             status="ok" if ok else {KeyboardInterrupt: "interrupted", Terminated: "terminated"}.get(
                 exc_type, "failed"),
@@ -198,6 +224,10 @@ class RunLog:
             self._run["error"] = f"{exc_type.__name__}: {exc}"
         write_json(self.dir / "run.json", self._run)
         self._stop_mirrors(ok)
+
+    def hash_outputs(self, mode: VerifyMode) -> None:
+        """How outputs.json is computed at the end: ``sha256`` (the default) or ``size``."""
+        self.outputs_mode = mode
 
     # -- writing ---------------------------------------------------------------------------
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:

@@ -25,6 +25,7 @@ from dasi import resume
 from dasi.atomic import write_json
 from dasi.model_config import ModelConfig
 from dasi.provenance import sha256_file
+from dasi.runlog import RunLog
 from pretrain import pretrain_ckpt as ckpt
 from pretrain import pretrain_launch as launch
 from pretrain.pack import PackManifest, verify_manifest
@@ -98,6 +99,8 @@ def run(model: ModelConfig, cfg: PretrainConfig, manifest: Path, checkpoints: Pa
         return {"dry_run": launch.dry_run(cfg, job, launcher)}
     if not Path(manifest).exists():
         raise FileNotFoundError(f"{manifest}: run the pack stage first")
+    if isinstance(log, RunLog):  # the checkpoint folder, read again at the end, as its checksums are made
+        log.hash_outputs(cfg.verify_checkpoints)
     parts = fingerprint_parts(model, cfg, verify_manifest(manifest, cfg.verify_data))
     if restart:
         resume.restart(checkpoints, log, checkpoints=saved_checkpoints(checkpoints))

@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 import sys
@@ -22,7 +23,7 @@ def test_run_folder_has_every_file(tmp_path):
     d = log.dir
     assert d.parent == tmp_path / "logs" / "demo"
     run = json.loads((d / "run.json").read_text())
-    assert run["status"] == "ok" and run["format"] == "dasi.runlog/1" and run["profile"] == "tiny"
+    assert run["status"] == "ok" and run["format"] == "dasi.runlog/2" and run["profile"] == "tiny"
     assert json.loads((d / "config.json").read_text()) == {"a": 1}
     env = json.loads((d / "env.json").read_text())
     assert {"python", "packages", "git", "hostname", "accelerator"} <= set(env)
@@ -30,11 +31,34 @@ def test_run_folder_has_every_file(tmp_path):
     ins = json.loads((d / "inputs.json").read_text())
     assert ins[str(tmp_path / "in.txt")] == (
         "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824")
-    assert json.loads((d / "outputs.json").read_text())[str(out)] is not None
+    assert json.loads((d / "outputs.json").read_text())[str(out)] == {
+        "mode": "sha256", "files": 1, "bytes": 6, "sha256": hashlib.sha256(b"result").hexdigest()}
     assert [m["loss"] for m in read_jsonl(d / "metrics.jsonl")] == [2.5, 2.0]
     assert read_jsonl(d / "events.jsonl")[0]["event"] == "resume"
     assert list((d / "tb").glob("events.out.tfevents.*"))
     assert list((d / "wandb").rglob("*.wandb"))  # the offline W&B run stays in the folder
+
+
+def test_outputs_are_hashed_by_size_when_told(tmp_path):
+    """A folder too big to read again at the end (a 10.8B run's checkpoints) is recorded by its
+    files' sizes; the mode says so, and a resized file changes the record."""
+    out = tmp_path / "ck"
+    (out / "iter_1").mkdir(parents=True)
+    cfg = LoggingConfig(logs_dir=str(tmp_path / "logs"), wandb=False, tensorboard=False)
+
+    def logged(content: bytes) -> dict:
+        (out / "iter_1" / "model.pt").write_bytes(content)
+        with RunLog("demo", {}, outputs=[out, tmp_path / "absent"], logging=cfg) as log:
+            log.hash_outputs("size")
+        return json.loads((log.dir / "outputs.json").read_text())
+
+    first = logged(b"abc")
+    assert first[str(tmp_path / "absent")] is None
+    rec = first[str(out)]
+    assert {k: rec[k] for k in ("mode", "files", "bytes")} == {"mode": "size", "files": 1, "bytes": 3}
+    assert rec["sizes_sha256"] == hashlib.sha256(b"iter_1/model.pt\x003\n").hexdigest()
+    assert logged(b"xyz")[str(out)] == rec  # same sizes: content is not read
+    assert logged(b"abcd")[str(out)]["sizes_sha256"] != rec["sizes_sha256"]
 
 
 def test_failed_run_is_marked(tmp_path):
