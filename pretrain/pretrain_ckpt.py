@@ -75,11 +75,29 @@ def rng_file(path: Path, rank: int) -> Path:
     return Path(path) / "rng" / f"rank_{rank:05d}.pt"
 
 
+def _optimizer_metadata(optimizer: Any) -> dict[str, Any] | None:
+    """megatron's DistributedOptimizer (GPU) saves in ``dp_reshardable`` layout, Megatron-LM's
+    default: each rank writes its own shard, no gather. Its default, the deprecated
+    ``fully_sharded_model_space``, fails in megatron-core 0.16 ("ShardedTensor.flattened_range is
+    not supported"; seen on an H100). Other optimizers (CPU) get no metadata, as before."""
+    if _distributed_parts(optimizer):
+        return {"distrib_optim_sharding_type": "dp_reshardable"}
+    return None
+
+
+def _distributed_parts(optimizer: Any) -> list[Any]:
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    parts = getattr(optimizer, "chained_optimizers", [optimizer])
+    return [o for o in parts if isinstance(o, DistributedOptimizer)]
+
+
 def _sharded(model: Any, optimizer: Any | None, is_loading: bool = False) -> dict[str, Any]:
     model_sd = model.sharded_state_dict()
     state: dict[str, Any] = {"model": model_sd}
     if optimizer is not None:  # when loading, the optimizer creates its (empty) states first
-        state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading)
+        state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading,
+                                                          metadata=_optimizer_metadata(optimizer))
     return state
 
 
@@ -231,10 +249,18 @@ def load(path: Path, model: Any, optimizer: Any | None = None, scheduler: Any | 
     rng = rng_file(path, torch.distributed.get_rank())
     if restore_rng and not rng.is_file():
         raise IntegrityError(f"{rng}: missing; nothing was changed. {RESTART}")
+    for part in _distributed_parts(optimizer):
+        # Without Apex/TE its state_dict() reads the step from the torch optimizer's states, which
+        # a fresh optimizer lacks: megatron's own dummy states, replaced in place by the load.
+        if not part.optimizer.state:
+            part._init_optimizer_states_with_dummy_values()
     loaded = dist_checkpointing.load(_sharded(model, optimizer, is_loading=True), str(path))
     model.load_state_dict(loaded["model"])
     if optimizer is not None:
-        optimizer.load_state_dict(loaded["optimizer"])
+        # no_grad: DistributedOptimizer copies fp32 main params in place, and in fp32 those are views
+        # of the model's parameters (megatron-core 0.16 does not guard this itself; seen on an H100).
+        with torch.no_grad():
+            optimizer.load_state_dict(loaded["optimizer"])
     if scheduler is not None:
         scheduler.load_state_dict(loaded["scheduler"])
     if restore_rng:

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from dasi.model_config import ModelConfig
 from dasi.provenance import sha256_file
 from pretrain import pretrain_ckpt as ckpt
-from pretrain.model import build_gpt, distributed, te_unavailable, transformer_config
+from pretrain.model import build_gpt, distributed, on_gpu, te_unavailable, transformer_config
 from pretrain.pretrain_config import PretrainConfig
 from pretrain.pretrain_data import batch, build_cached, sample_start
 
@@ -21,6 +21,13 @@ class Log(Protocol):
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None: ...
     def event(self, name: str, **data: Any) -> None: ...
     def summary(self, metrics: dict[str, Any]) -> None: ...
+
+
+def use_distributed_optimizer() -> bool:
+    """Shard optimizer states over data-parallel ranks on GPU, in bf16 and fp32 alike (megatron's
+    DistributedOptimizer keeps fp32 main params either way). Not on CPU: its grad buffers are
+    allocated on CUDA and it reduce-scatters, which gloo does not implement."""
+    return on_gpu()
 
 
 def _optimizer(cfg: PretrainConfig, model: Any) -> tuple[Any, Any]:
@@ -32,7 +39,7 @@ def _optimizer(cfg: PretrainConfig, model: Any) -> tuple[Any, Any]:
         adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2, adam_eps=cfg.adam_eps,
         clip_grad=cfg.clip_grad, bf16=cfg.bf16,
         params_dtype=torch.bfloat16 if cfg.bf16 else torch.float32,
-        use_distributed_optimizer=cfg.bf16 and torch.cuda.is_available(),
+        use_distributed_optimizer=use_distributed_optimizer(),
     ), [model])
     wsd = cfg.lr_schedule == "wsd"
     sched = OptimizerParamScheduler(
@@ -101,7 +108,7 @@ def train(m: ModelConfig, cfg: PretrainConfig, manifest: Path, ckpt_dir: Path, l
         model = DistributedDataParallel(
             transformer_config(m, cfg.bf16),
             DistributedDataParallelConfig(grad_reduce_in_fp32=True,
-                                          use_distributed_optimizer=cfg.bf16 and torch.cuda.is_available()),
+                                          use_distributed_optimizer=use_distributed_optimizer()),
             gpt)
         opt, sched = _optimizer(cfg, model)
         # The index cache is keyed by the manifest, which holds every file's sha256: other data
