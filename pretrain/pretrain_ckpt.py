@@ -10,6 +10,10 @@ common state; each rank's RNG states sit in ``rng/rank_NNNNN.pt``.
 The folder holds only what training computed, so an interrupted-and-resumed run writes the same
 bytes as an uninterrupted one. Wall time and the number of launches differ between those two and
 live outside it, in ``<dir>/history/iter_0000050.json``.
+
+Retention (``pretrain.keep_last`` / ``keep_every``; default: keep all): after each save, rank 0
+deletes the checkpoints that are neither among the last N nor at a multiple of K, never the one
+``latest`` names.
 """
 
 from __future__ import annotations
@@ -226,6 +230,34 @@ def save(root: Path, step: int, model: Any, optimizer: Any, scheduler: Any, extr
         os.replace(marker.with_name(".latest.tmp"), marker)
     torch.distributed.barrier()
     return final
+
+
+def saved_steps(root: Path) -> list[int]:
+    """Steps of the published checkpoints (not the ``.tmp`` folders of saves in progress)."""
+    return sorted(int(p.name[5:]) for p in Path(root).glob("iter_*") if p.is_dir() and p.name[5:].isdigit())
+
+
+def retained(steps: list[int], keep_last: int | None, keep_every: int | None, latest: int | None) -> set[int]:
+    """The last ``keep_last`` steps, the multiples of ``keep_every`` and ``latest``; every step
+    when ``keep_last`` is None."""
+    if keep_last is None:
+        return set(steps)
+    every = {s for s in steps if keep_every and s % keep_every == 0}
+    return set(steps[-keep_last:]) | every | ({latest} if latest else set())
+
+
+def prune(root: Path, keep_last: int | None, keep_every: int | None, log: Any) -> list[int]:
+    """Rank 0, after a save: delete the checkpoints retention does not keep (with their history
+    files), one event each; returns the deleted steps. ``latest`` is never deleted."""
+    steps = saved_steps(root)
+    keep = retained(steps, keep_last, keep_every, latest_step(root))
+    gone = [s for s in steps if s not in keep]
+    for step in gone:
+        shutil.rmtree(iter_dir(root, step))
+        history_file(root, step).unlink(missing_ok=True)
+        log.event("checkpoint_deleted", step=step, path=str(iter_dir(root, step)), keep_last=keep_last,
+                  keep_every=keep_every)
+    return gone
 
 
 def history(root: Path, step: int | None, log: Any) -> dict[str, Any]:

@@ -64,6 +64,10 @@ class PretrainConfig(StrictModel):
     verify_data: VerifyMode = Field("sha256", description="check packed files by sha256 or only size")
     verify_checkpoints: VerifyMode = Field("sha256", description="checksums.json of each checkpoint: "
                                            "sha256 + size, or size only")
+    keep_last: PositiveInt | None = Field(None, description="retention: keep the last N checkpoints "
+                                          "(and every keep_every-th); None keeps all")
+    keep_every: NonNegativeInt | None = Field(None, description="retention: also keep checkpoints whose "
+                                              "step is a multiple of this; None/0: none specially")
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
 

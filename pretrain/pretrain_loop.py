@@ -165,6 +165,8 @@ def train(m: ModelConfig, cfg: PretrainConfig, manifest: Path, ckpt_dir: Path, l
                 wall = _add(history["train_wall_s"], time.time() - t0)
                 ckpt.save(ckpt_dir, done, gpt, opt, sched, extra,
                           {"train_wall_s": wall, "segments": segments}, mode=cfg.verify_checkpoints)
+                if torch.distributed.get_rank() == 0:  # after the save's last barrier: latest names it
+                    ckpt.prune(ckpt_dir, cfg.keep_last, cfg.keep_every, log)
         bar.close()
         summary = {"steps": stop, "first_train_loss": first, "final_train_loss": last,
                    "final_valid_loss": valid, "layer_spec": extra.get("layer_spec", spec),

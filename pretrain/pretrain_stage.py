@@ -41,7 +41,7 @@ HISTORY_KEYS = ("train_wall_s", "segments")
 RESTART_HOW = "dasi pretrain --restart or DASI_RESTART=1 dvc repro pretrain"
 # Settings that change speed, logging or checks but not a single trained bit.
 NOT_SHAPING = {"save_interval", "eval_interval", "log_interval", "parallel", "slurm", "verify_data",
-               "verify_checkpoints"}
+               "verify_checkpoints", "keep_last", "keep_every"}
 # pretrain/ modules that training never imports: changing them keeps the checkpoints.
 NOT_TRAINING = {"tokenizer.py", "export.py"}
 ROOT = Path(__file__).resolve().parents[1]
