@@ -26,9 +26,10 @@ same tasks, workers and start method, thresholds read from the same CurateConfig
     our LanguageIDFilter (datatrove's LanguageFilter refuses to be built without the ``fasteners``
     and ``fasttext-numpy2-wheel`` distributions, which lock and load its lid.176.bin download;
     neither is installed, fasttext-predict is, and the project does not download the model) ->
-    LambdaFilter(Hangul ratio of ko documents) -> GopherQualityFilter,
+    LambdaFilter(Hangul ratio of ko documents) -> datatrove's own GopherQualityFilter,
     GopherRepetitionFilter, FineWebQualityFilter per language with the profile's arguments (one
-    word tokenizer per language shared by the three, as ours) -> our SpamFilter (datatrove has no
+    word tokenizer per language shared by the three, as ours; ``stock_quality_filters``: ours
+    hashes the repetition filter's n-gram checks, same decisions) -> our SpamFilter (datatrove has no
     spam list) -> our KoreanPII formatter (datatrove's PIIFormatter does emails and IPs only) ->
     ParquetWriter(filtered) -> ExactDedupSignature;
   ExactFindDedups (1 task); ParquetReader(filtered) -> ExactDedupFilter -> MinhashDedupSignature
@@ -38,8 +39,9 @@ A filter that applies to one language is wrapped as ``LambdaFilter(lang != X or 
 datatrove having no per-language routing. Both sides use the exact-dedup and MinHash configs of
 curate (normalized text, sha1 64-bit hashes: datatrove's default xxhash path fails on str with
 xxhash >= 4) and the whitespace word tokenizer for English and MinHash (datatrove's English one
-needs spaCy, not installed), and kiwi with kiwipiepy_model's ``cong`` for Korean (datatrove's
-KiwiTokenizer asks for ``sbg``, which no longer ships). Ours does more than the baseline: the
+needs spaCy, not installed), and kiwi with kiwipiepy_model's ``cong`` for Korean (the baseline:
+datatrove's KiwiTokenizer(model_type="cong"), as it asks for ``sbg`` by default, which no longer
+ships). Ours does more than the baseline: the
 held-out split, decontamination (its index pass and filter), per-source stats, fingerprint.
 
 **Measures.** Each run is a fresh process. Wall time is start to exit. CPU time is user + system
@@ -216,6 +218,23 @@ def for_lang(lang: str, step) -> object:
     return LambdaFilter(lambda doc: doc.metadata["lang"] != lang or step.filter(doc) is True)
 
 
+def stock_quality_filters(lang: str, q) -> dict:
+    """datatrove's own GopherQuality/GopherRepetition/FineWeb classes with curate's arguments, one
+    word tokenizer per language shared by the three: datatrove's KiwiTokenizer with only the model
+    name set for Korean, the whitespace one otherwise. (Curate's own filters differ: a hashed
+    repetition filter, one kiwi per process; the baseline must not pick those up.)"""
+    from datatrove.pipeline.filters import FineWebQualityFilter, GopherQualityFilter, GopherRepetitionFilter
+    from datatrove.utils.word_tokenizers import KiwiTokenizer
+
+    from data_gen.curate.quality import KIWI_MODEL, WhitespaceWordTokenizer, quality_filter_args
+
+    classes = {"gopher_quality": GopherQualityFilter, "gopher_repetition": GopherRepetitionFilter,
+               "fineweb_quality": FineWebQualityFilter}
+    language = KiwiTokenizer(model_type=KIWI_MODEL) if lang == "ko" else WhitespaceWordTokenizer()
+    return {name: classes[name](**kwargs, language=language)
+            for name, kwargs in quality_filter_args(q).items()}
+
+
 def baseline_passes(cfg, inp: Path, work: Path) -> list[tuple[str, list, int]]:
     """(name, pipeline, tasks) of the plain datatrove pipeline described in the module doc."""
     from datatrove.pipeline.dedup import (
@@ -233,7 +252,7 @@ def baseline_passes(cfg, inp: Path, work: Path) -> list[tuple[str, list, int]]:
 
     from data_gen.curate.dedup import exact_config, minhash_config
     from data_gen.curate.pipeline import resolved_spam
-    from data_gen.curate.quality import WhitespaceWordTokenizer, _quality_filters
+    from data_gen.curate.quality import WhitespaceWordTokenizer
     from data_gen.filters import hangul_ratio
     from data_gen.langid import LanguageIDFilter
     from data_gen.pii import KoreanPII
@@ -247,7 +266,7 @@ def baseline_passes(cfg, inp: Path, work: Path) -> list[tuple[str, list, int]]:
     def reader(folder: Path) -> ParquetReader:
         return ParquetReader(str(folder), id_key="doc_id", glob_pattern="*.parquet")
 
-    quality = {lang: _quality_filters(lang, q) for lang, q in cfg.quality.items()}
+    quality = {lang: stock_quality_filters(lang, q) for lang, q in cfg.quality.items()}
     filters = [
         LambdaFilter(lambda d: len(d.text) >= cfg.min_chars),
         LambdaFilter(lambda d: len(d.text) <= cfg.max_chars),

@@ -58,7 +58,7 @@ def _powers(k: int) -> np.ndarray:
 def word_hashes(text: str) -> np.ndarray:
     """A 64-bit hash of each of ``words(text)``, computed over the code points of the whole text at
     once (a polynomial of each word's code points, mixed with its length) instead of word by word."""
-    cps = np.frombuffer(_normalized(text).encode("utf-32-le"), np.uint32).astype(np.uint64)
+    cps = np.frombuffer(_normalized(text).encode("utf-32-le", "surrogatepass"), np.uint32).astype(np.uint64)
     at = np.flatnonzero(~_IS_SPACE[np.minimum(cps, _MAX_SPACE + 1)])  # the positions of word characters
     if not len(at):
         return np.zeros(0, np.uint64)

@@ -1,8 +1,9 @@
 """Document filters of pass 1, each a datatrove step counting its drops per source
 (``dropped/<source>``, see :mod:`data_gen.source_filter`).
 
-Word-level filters are datatrove's own (Gopher quality, Gopher repetition, FineWeb), one instance
-per document language with that language's word tokenizer (Korean: kiwi; others: whitespace).
+Word-level filters are datatrove's own (Gopher quality, Gopher repetition with its n-gram checks
+hashed, see :mod:`data_gen.curate.repetition`; FineWeb), one instance per document language with
+that language's word tokenizer (Korean: kiwi; others: whitespace).
 datatrove memoises the word split of the last few texts, so the three filters split each
 document once. Languages without a quality entry (code) skip them.
 """
@@ -13,11 +14,12 @@ import functools
 import re
 
 from datatrove.data import Document
-from datatrove.pipeline.filters import FineWebQualityFilter, GopherQualityFilter, GopherRepetitionFilter
+from datatrove.pipeline.filters import FineWebQualityFilter, GopherQualityFilter
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.utils.word_tokenizers import KiwiTokenizer, WordTokenizer
 
 from data_gen.curate.config import CurateConfig, LangQualityConfig
+from data_gen.curate.repetition import HashedGopherRepetitionFilter
 from data_gen.filters import hangul_ratio
 from data_gen.source_filter import SourceFilter, doc_source
 
@@ -124,19 +126,30 @@ class PerLanguage(SourceFilter):
         return False, result[1] if isinstance(result, tuple) else self.reason
 
 
-def _quality_filters(lang: str, q: LangQualityConfig) -> dict[str, BaseFilter]:
-    language = word_tokenizer_for(lang)
-    out: dict[str, BaseFilter] = {}
+def quality_filter_args(q: LangQualityConfig) -> dict[str, dict]:
+    """The datatrove arguments of each configured quality filter, in run order."""
+    out: dict[str, dict] = {}
     if q.gopher_quality is not None:
-        out["gopher_quality"] = GopherQualityFilter(**q.gopher_quality.model_dump(), language=language)
+        out["gopher_quality"] = q.gopher_quality.model_dump()
     if q.gopher_repetition is not None:
         r = q.gopher_repetition
-        out["gopher_repetition"] = GopherRepetitionFilter(
-            **r.model_dump(exclude={"top_n_grams", "dup_n_grams"}), top_n_grams=tuple(r.top_n_grams),
-            dup_n_grams=tuple(r.dup_n_grams), language=language)
+        out["gopher_repetition"] = {**r.model_dump(exclude={"top_n_grams", "dup_n_grams"}),
+                                    "top_n_grams": tuple(r.top_n_grams), "dup_n_grams": tuple(r.dup_n_grams)}
     if q.fineweb_quality is not None:
-        out["fineweb_quality"] = FineWebQualityFilter(**q.fineweb_quality.model_dump(), language=language)
+        out["fineweb_quality"] = q.fineweb_quality.model_dump()
     return out
+
+
+# datatrove's classes, but for the repetition filter: the same checks, hashed (see its module)
+FILTER_CLASSES: dict[str, type[BaseFilter]] = {"gopher_quality": GopherQualityFilter,
+                                               "gopher_repetition": HashedGopherRepetitionFilter,
+                                               "fineweb_quality": FineWebQualityFilter}
+
+
+def _quality_filters(lang: str, q: LangQualityConfig) -> dict[str, BaseFilter]:
+    language = word_tokenizer_for(lang)
+    return {name: FILTER_CLASSES[name](**kwargs, language=language)
+            for name, kwargs in quality_filter_args(q).items()}
 
 
 QUALITY_FILTERS = ("gopher_quality", "gopher_repetition", "fineweb_quality")
