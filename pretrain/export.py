@@ -27,8 +27,22 @@ class ExportConfig(StrictModel):
     verify_data: VerifyMode = Field("sha256", description="check packed files by sha256 or only size")
 
 
+# A layer's norm weights under the local spec and, fused into the next linear, under Transformer
+# Engine's (what build_gpt uses on a GPU with TE installed).
+NORM_KEYS = {"input_layernorm.weight": "self_attention.linear_qkv.layer_norm_weight",
+             "pre_mlp_layernorm.weight": "mlp.linear_fc1.layer_norm_weight"}
+
+
+def _norm(sd: dict[str, torch.Tensor], layer: str, local: str) -> torch.Tensor:
+    for key in (layer + local, layer + NORM_KEYS[local]):
+        if key in sd:
+            return sd[key]
+    raise KeyError(f"{layer + local} or {layer + NORM_KEYS[local]}: neither is in the state dict")
+
+
 def megatron_to_hf(sd: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, torch.Tensor]:
-    """Rename and split a full (TP=1) megatron GPT state dict into LLaMA tensors.
+    """Rename and split a full (TP=1) megatron GPT state dict into LLaMA tensors; the layer norms
+    are read under local-spec or Transformer Engine names, whichever the state dict holds.
 
     ``linear_qkv`` rows are grouped per KV group as [q heads of the group, k, v]; ``linear_fc1``
     rows are [gate, up].
@@ -52,8 +66,8 @@ def megatron_to_hf(sd: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, tor
             dst + "mlp.gate_proj.weight": gate,
             dst + "mlp.up_proj.weight": up,
             dst + "mlp.down_proj.weight": sd[src + "mlp.linear_fc2.weight"],
-            dst + "input_layernorm.weight": sd[src + "input_layernorm.weight"],
-            dst + "post_attention_layernorm.weight": sd[src + "pre_mlp_layernorm.weight"],
+            dst + "input_layernorm.weight": _norm(sd, src, "input_layernorm.weight"),
+            dst + "post_attention_layernorm.weight": _norm(sd, src, "pre_mlp_layernorm.weight"),
         })
     return {k: v.detach().float().contiguous().clone() for k, v in out.items()}
 

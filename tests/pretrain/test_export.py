@@ -98,3 +98,50 @@ def test_export_checks_checkpoint_and_packed_data_first(model_cfg, packed, token
     with pytest.raises(IntegrityError, match=rf"^{held_out}: size"):
         export(tmp_path / "packed" / "manifest.json")
     assert not out.exists() and not metrics.exists()
+
+
+def _te_names(sd: dict) -> dict:
+    """``sd`` as Transformer Engine layers name it: each layer's norms fused into the next linear,
+    plus TE's ``_extra_state`` entries."""
+    from pretrain.export import NORM_KEYS
+
+    out = {}
+    for key, value in sd.items():
+        for local, te in NORM_KEYS.items():
+            if key.endswith("." + local):
+                key = key[: -len(local)] + te
+        out[key] = value
+    for i in {int(k.split(".")[2]) for k in sd if k.startswith("decoder.layers.")}:
+        for linear in ("self_attention.linear_qkv", "mlp.linear_fc1"):
+            out[f"decoder.layers.{i}.{linear}._extra_state"] = None
+    return out
+
+
+def test_export_reads_transformer_engine_names(model_cfg, packed, tokenizer_dir, tmp_path) -> None:
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from pretrain import pretrain_ckpt as ckpt
+    from pretrain.export import llama_config
+    from pretrain.model import build_gpt, distributed
+
+    pretrain(model_cfg, small_cfg(train_steps=2, warmup_steps=1, save_interval=2), packed, tmp_path / "ck",
+             RecordLog(tmp_path / "train.jsonl"))
+    with distributed(tensor_parallel=1):
+        gpt = build_gpt(model_cfg).float()
+        ckpt.load(ckpt.iter_dir(tmp_path / "ck", 2), gpt, restore_rng=False)
+        local = gpt.state_dict()
+    te = _te_names(local)
+    assert "decoder.layers.0.self_attention.linear_qkv.layer_norm_weight" in te
+    assert not any("input_layernorm" in k or "pre_mlp_layernorm" in k for k in te)
+    cfg = llama_config(model_cfg, AutoTokenizer.from_pretrained(tokenizer_dir))
+    ids = torch.randint(0, model_cfg.vocab_size, (1, 32), generator=torch.Generator().manual_seed(0))
+    logits = []
+    for sd in (local, te):
+        hf = LlamaForCausalLM(cfg).eval()
+        hf.load_state_dict(megatron_to_hf(sd, model_cfg))
+        with torch.no_grad():
+            logits.append(hf(ids).logits)
+    assert (logits[0] - logits[1]).abs().max().item() <= 1e-6
+    with pytest.raises(KeyError, match="input_layernorm.weight or .*linear_qkv.layer_norm_weight"):
+        megatron_to_hf({k: v for k, v in te.items() if not k.endswith("linear_qkv.layer_norm_weight")},
+                       model_cfg)
