@@ -6,7 +6,7 @@
 
 The model is built by ``pretrain.model.build_gpt`` and trained by the same pieces as
 ``pretrain.pretrain_loop.train`` (megatron DDP with fp32 grad buckets, ``_optimizer``: megatron's
-distributed optimizer on GPU in bf16, ``_loss``), on random tokens: what pretraining ships is
+distributed optimizer on GPU, ``_loss``), on random tokens: what pretraining ships is
 what is measured. Each timed step is ``--micro-batches`` forward+backward passes, the grad sync,
 the optimizer step and the LR scheduler step. The last line printed is one JSON object.
 

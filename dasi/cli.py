@@ -360,7 +360,7 @@ def logs_plot(run_dirs: Annotated[list[Path], typer.Argument(help="run folders")
 def main() -> None:
     from dasi.determinism import pin_cpu_kernels
     from dasi.integrity import IntegrityError
-    from dasi.stage import MissingInputs
+    from dasi.stage import JobFailed, MissingInputs
 
     pin_cpu_kernels()  # before any stage imports torch
     try:
@@ -374,6 +374,9 @@ def main() -> None:
     except MissingInputs as e:
         print(f"dasi: {e}", file=sys.stderr)
         sys.exit(5)
+    except JobFailed as e:  # a submitted job ended badly: resubmitting resumes
+        print(f"dasi: {e}", file=sys.stderr)
+        sys.exit(6)
 
 
 if __name__ == "__main__":

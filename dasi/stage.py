@@ -16,6 +16,10 @@ class MissingInputs(FileNotFoundError):
     """A stage's input is not there (an earlier stage has not run): one line for the user."""
 
 
+class JobFailed(RuntimeError):
+    """A job the stage submitted (Slurm) ended badly; its logs are in the run log: one line."""
+
+
 def load_sections(sections: dict[str, type[BaseModel]], params: Path = PARAMS_FILE,
                   profiles: Path = PROFILES_DIR) -> tuple[dict[str, BaseModel], LoggingConfig, str]:
     """Validated configs for ``sections``, the logging config and the profile name."""

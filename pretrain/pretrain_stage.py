@@ -26,6 +26,7 @@ from dasi.atomic import write_json
 from dasi.model_config import ModelConfig
 from dasi.provenance import sha256_file
 from dasi.runlog import RunLog
+from dasi.stage import JobFailed
 from pretrain import pretrain_ckpt as ckpt
 from pretrain import pretrain_launch as launch
 from pretrain.pack import PackManifest, verify_manifest
@@ -137,7 +138,7 @@ def run(model: ModelConfig, cfg: PretrainConfig, manifest: Path, checkpoints: Pa
     return _finish(replay(checkpoints / "records.jsonl", log), cfg, checkpoints)
 
 
-class SlurmJobFailed(RuntimeError):
+class SlurmJobFailed(JobFailed):
     """The Slurm job ended other than COMPLETED; its logs were replayed into the run log first."""
 
 
