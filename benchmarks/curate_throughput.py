@@ -65,6 +65,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -444,6 +445,7 @@ def main() -> None:
         print(f"baseline {args.scale}x: {base_big}", flush=True)
         extra = {"baseline_big": base_big, "ratio_big": round(base_big["wall_s"] / big["wall_s"], 3),
                  "cpu_ratio_big": round(base_big["cpu_s"] / big["cpu_s"], 3)}
+    shutil.rmtree(work)  # inputs and outputs: ~100 MB at 10 MB of text
     best = {k: min(v, key=lambda x: x["wall_s"]) for k, v in runs.items()}
     mb = inputs["1x"]["text_bytes"] / 1e6
     o, b = per_core(best["ours"], mb, args.workers), per_core(best["baseline"], mb, args.workers)
