@@ -46,6 +46,7 @@ def test_data_half_outputs(repo):
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     from dasi.formats import read_parquet
+    from data_gen.curated import iter_docs, read_manifest
     from pretrain.pack import load_manifest
 
     docs = read_parquet(repo / "data/seeds/documents.parquet", "documents").to_pylist()
@@ -74,8 +75,12 @@ def test_data_half_outputs(repo):
     # The bar: at least 70% of Korean requests become kept Korean documents.
     assert stats["synthetic_ko_requests"] == 12 and stats["synthetic_ko_kept_fraction"] >= 0.7
     assert stats["kept_documents"] + sum(stats["removed_documents"].values()) == stats["input_documents"]
-    curated = read_parquet(repo / "data/curated/documents.parquet", "curated")
-    assert curated.num_rows == stats["kept_documents"]
+    manifest = read_manifest(repo / "data/curated")
+    assert manifest["rows"] == stats["kept_documents"] == sum(1 for _ in iter_docs(repo / "data/curated",
+                                                                                 ["doc_id"]))
+    assert len(manifest["shards"]) == 2 and not (repo / "data/curated/.work").exists()  # tasks: 2
+    removed = stats["removed_documents"]
+    assert set(removed) >= {"lid", "spam", "near_duplicate", "decontaminated", "gopher_quality"}
     eff = json.loads((repo / "metrics/tokenizer.json").read_text())
     assert set(eff["chars_per_token"]) == {"dasi", "cl100k_base", "o200k_base", "llama3", "qwen3"}
     manifest = load_manifest(repo / "data/packed/manifest.json")
