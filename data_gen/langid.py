@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 from datatrove.data import Document
-from pydantic import Field
+from pydantic import Field, field_serializer
 
 from dasi.strict import StrictModel
 from data_gen.source_filter import SourceFilter
@@ -45,6 +45,10 @@ class LidConfig(StrictModel):
     min_score: float = Field(0.5, ge=0.0, le=1.0, description="lowest score that keeps a document")
     langs: frozenset[Literal["ko", "en"]] = Field(
         frozenset({"ko", "en"}), description="metadata langs checked; others (code) pass untouched")
+
+    @field_serializer("langs")
+    def _sorted(self, langs: frozenset[str]) -> list[str]:
+        return sorted(langs)  # a set's order follows string hashing, which differs per process
 
 
 class LanguageIDFilter(SourceFilter):

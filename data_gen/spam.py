@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from datatrove.data import Document
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, field_serializer
 
 from dasi.strict import StrictModel
 from data_gen.source_filter import SourceFilter
@@ -53,6 +53,10 @@ class SpamConfig(StrictModel):
     # Code is not checked: source code legitimately holds such lists (moderation blocklists).
     # English documents are, because Korean spam pages are often mislabelled or mixed.
     langs: frozenset[Literal["ko", "en", "code"]] = frozenset({"ko", "en"})
+
+    @field_serializer("langs")
+    def _sorted(self, langs: frozenset[str]) -> list[str]:
+        return sorted(langs)  # a set's order follows string hashing, which differs per process
 
 
 class SpamFilter(SourceFilter):

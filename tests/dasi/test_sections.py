@@ -31,6 +31,22 @@ def test_writes_every_section_resolved(tmp_path):
     assert "rotary_base" in model  # defaults written out: a changed default is a changed file
 
 
+@pytest.mark.parametrize("profile", ["tiny", "kormo-10.8b"])
+def test_the_written_sections_do_not_depend_on_string_hashing(tmp_path, profile):
+    """A set dumped in its iteration order changes with PYTHONHASHSEED: the config files (DVC
+    outputs) and the fingerprints made from them must not."""
+    code = ("import sys; from pathlib import Path; from dasi.sections import write_sections; "
+            "write_sections(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))")
+    p = params(tmp_path, f"profile: {profile}\n")
+    files = []
+    for seed in ("1", "2", "3"):
+        out = tmp_path / f"cfg{seed}"
+        subprocess.run([sys.executable, "-c", code, str(out), str(p), str(REPO / "configs")], check=True,
+                       cwd=REPO, env=dict(os.environ, PYTHONHASHSEED=seed))
+        files.append({f.name: f.read_bytes() for f in sorted(out.glob("*.json"))})
+    assert files[0] == files[1] == files[2]
+
+
 @pytest.mark.parametrize("text, says", [
     ("profile: nosuch\n", "profile = 'nosuch': allowed: kormo-10.8b, tiny"),
     ("profile: tiny\ncurate: {foo: 1}\n", "curate.foo: unknown key"),
