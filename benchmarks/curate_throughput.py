@@ -338,23 +338,10 @@ def reap_orphans() -> None:
             return
 
 
-def tree_memory(proc) -> tuple[int, int]:
-    """(summed RSS, summed PSS) in bytes of ``proc`` and its descendants."""
-    import psutil
-
-    rss = pss = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            m = p.memory_full_info()
-            rss, pss = rss + m.rss, pss + m.pss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return rss, pss
-
-
 def timed(cmd: list[str]) -> dict:
     """Wall and CPU seconds, peak tree RSS/PSS (MB) and the JSON result line of ``cmd``."""
     import psutil
+    from process_memory import tree_memory  # benchmarks/, this script's folder
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()

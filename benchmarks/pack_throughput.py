@@ -127,29 +127,17 @@ def megatron_lm_checkout(given: Path | None, cache_dir: Path) -> tuple[Path, str
 
 # -- timed runs ----------------------------------------------------------------------------------
 
-def tree_pss(proc) -> int:
-    """Summed PSS (bytes) of ``proc`` and its descendants: shared pages counted once."""
-    import psutil
-
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            total += p.memory_full_info().pss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return total
-
-
 def timed(cmd: list[str], **kw) -> tuple[float, int, str]:
     """(wall seconds, peak summed PSS in bytes, stdout) of ``cmd``."""
     import psutil
+    from process_memory import tree_memory  # benchmarks/, this script's folder
 
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
     ps, peak = psutil.Process(proc.pid), 0
     while proc.poll() is None:
         try:
-            peak = max(peak, tree_pss(ps))
+            peak = max(peak, tree_memory(ps)[1])
         except psutil.NoSuchProcess:
             break
         time.sleep(0.1)
