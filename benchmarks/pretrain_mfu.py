@@ -5,7 +5,7 @@
         --micro-batch-size 1 --micro-batches 1 --steps 2 --warmup 1          # CPU smoke test
 
 The model is built by ``pretrain.model.build_gpt`` and trained by the same pieces as
-``pretrain.pretrain_loop.train`` (megatron DDP with fp32 grad buckets, ``_optimizer``: megatron's
+``pretrain.loop.train`` (megatron DDP with fp32 grad buckets, ``_optimizer``: megatron's
 distributed optimizer on GPU, ``_loss``), on random tokens: what pretraining ships is
 what is measured. Each timed step is ``--micro-batches`` forward+backward passes, the grad sync,
 the optimizer step and the LR scheduler step. The last line printed is one JSON object.
@@ -101,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def random_batches(m: ModelConfig, micro_batch_size: int, count: int, device: str) -> list[dict[str, Any]]:
-    """``count`` micro-batches of uniform random tokens in ``pretrain_data.batch``'s layout."""
+    """``count`` micro-batches of uniform random tokens in ``data.batch``'s layout."""
     import torch
 
     g = torch.Generator().manual_seed(0)
@@ -138,9 +138,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
     from dasi.model_config import parameter_count
+    from pretrain.config import PretrainConfig
+    from pretrain.loop import _dp_mean, _loss, _optimizer
     from pretrain.model import build_gpt, distributed, layer_spec, te_unavailable, transformer_config
-    from pretrain.pretrain_config import PretrainConfig
-    from pretrain.pretrain_loop import _dp_mean, _loss, _optimizer
 
     m = model_config(args)
     gpu = args.device == "cuda"
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with distributed(seed=cfg.seed):
         gpt = build_gpt(m, bf16=cfg.bf16, use_te=use_te, sdpa=sdpa)
         core = layer_spec(use_te, sdpa).submodules.self_attention.submodules.core_attention
-        # As pretrain_loop.train wraps it.
+        # As loop.train wraps it.
         model = DistributedDataParallel(
             transformer_config(m, cfg.bf16),
             DistributedDataParallelConfig(grad_reduce_in_fp32=True,
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if gpu:
                 torch.cuda.synchronize()
             t = time.perf_counter()
-            # One step of pretrain_loop.train.
+            # One step of loop.train.
             model.train()
             model.zero_grad_buffer()
             opt.zero_grad()

@@ -16,8 +16,8 @@ from pathlib import Path
 from dasi.model_config import ModelConfig, parameter_count
 from dasi.runlog import LoggingConfig, RunLog, read_jsonl
 from dasi.stage import load_sections
-from pretrain.pretrain_config import PretrainConfig
-from pretrain.pretrain_loop import train
+from pretrain.config import PretrainConfig
+from pretrain.loop import train
 
 
 def main() -> None:

@@ -162,8 +162,8 @@ def pack(curated: Path = Path("data/curated"),
     from dasi.model_config import ModelConfig
     from dasi.stage import run_stage
     from pretrain import pack as stage
+    from pretrain.config import PretrainConfig
     from pretrain.mix import token_budget
-    from pretrain.pretrain_config import PretrainConfig
 
     def work(cfg, train, model, log):
         budget = token_budget(train.train_steps, train.global_batch, model.seq_length)
@@ -202,7 +202,7 @@ def pretrain(packed: Path = Path("data/packed/manifest.json"), out: Path = Path(
     from dasi.model_config import ModelConfig
     from dasi.resume import FingerprintMismatch
     from dasi.stage import load_sections, run_stage
-    from pretrain import pretrain_stage as stage
+    from pretrain import stage
 
     env_restart = os.environ.get("DASI_RESTART", "0")
     if env_restart not in ("0", "1"):

@@ -33,7 +33,7 @@ SECTIONS = {
     "tokenizer": "pretrain.tokenizer:TokenizerConfig",
     "pack": "pretrain.pack:PackConfig",
     "model": "dasi.model_config:ModelConfig",
-    "pretrain": "pretrain.pretrain_config:PretrainConfig",
+    "pretrain": "pretrain.config:PretrainConfig",
     "export": "pretrain.export:ExportConfig",
     "sft": "instruct.sft:SFTConfig",
     "evaluate": "evals.evaluate:EvaluateConfig",

@@ -44,7 +44,7 @@ def measured_rate(run_dir: Path, teacher: str) -> tuple[float, str]:
 
 def make_plan(tree: dict, measured: Path | None = None) -> dict:
     from data_gen.generate import GenerateConfig
-    from pretrain.pretrain_config import PretrainConfig
+    from pretrain.config import PretrainConfig
 
     gen = validate_section("generate", tree["generate"], GenerateConfig)
     if gen.plan is None:

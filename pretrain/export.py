@@ -134,7 +134,7 @@ def run(cfg: ExportConfig, model_cfg: ModelConfig, checkpoints: Path, tokenizer_
         metrics: Path, log: Any, manifest: Path | None = None) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pretrain import pretrain_ckpt as ckpt
+    from pretrain import checkpoint as ckpt
     from pretrain.model import build_gpt, distributed
 
     step = cfg.step if cfg.step is not None else ckpt.latest_step(checkpoints)

@@ -121,9 +121,9 @@ def test_stage_deps_list_every_module_it_imports(name):
 
 def test_the_resolver_sees_lazy_imports_and_packages():
     """The check itself: pretrain's closure holds a module imported only inside a function
-    (pretrain_loop, imported in pretrain_stage.run) and the package __init__ files."""
+    (loop, imported in stage.run) and the package __init__ files."""
     mods = {str(p.relative_to(REPO)) for p in stage_modules("dasi pretrain --out x")}
-    assert {"pretrain/pretrain_loop.py", "pretrain/__init__.py", "dasi/cli.py",
+    assert {"pretrain/loop.py", "pretrain/__init__.py", "dasi/cli.py",
             "dasi/model_config.py", "pretrain/pack.py"} <= mods
     assert "data_gen/generate.py" not in mods
     assert not covered(REPO / "pretrain" / "pack.py", ["pretrain/model.py"])

@@ -1,6 +1,6 @@
 """GPU check of the distributed optimizer, fp32 and bf16: training uses megatron's
 DistributedOptimizer, three steps on one batch lower the loss, and a checkpoint saved by
-pretrain_ckpt.save and loaded by pretrain_ckpt.load gives the next step's loss bit for bit.
+checkpoint.save and loaded by checkpoint.load gives the next step's loss bit for bit.
 
     PYTHONPATH=. python benchmarks/device/distributed_optimizer_check.py   # exit 0 when all hold
 
@@ -14,10 +14,10 @@ import torch
 import yaml
 
 from dasi.model_config import ModelConfig
-from pretrain import pretrain_ckpt as ckpt
+from pretrain import checkpoint as ckpt
+from pretrain.config import PretrainConfig
+from pretrain.loop import _loss, _optimizer, use_distributed_optimizer
 from pretrain.model import build_gpt, distributed, transformer_config
-from pretrain.pretrain_config import PretrainConfig
-from pretrain.pretrain_loop import _loss, _optimizer, use_distributed_optimizer
 
 
 def build(m, cfg):

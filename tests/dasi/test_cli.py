@@ -25,7 +25,7 @@ def test_kormo_launcher_dry_run_prints_the_slurm_job(tmp_path):
                "--profiles", str(REPO / "configs"), "--packed", str(tmp_path / "none.json"), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "#SBATCH --nodes=16" in out.stdout and "--nproc-per-node=8" in out.stdout
-    assert "pretrain.pretrain_worker" in out.stdout
+    assert "pretrain.worker" in out.stdout
     assert not (tmp_path / "logs").exists() and not (tmp_path / "data").exists()  # nothing ran
 
 

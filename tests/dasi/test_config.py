@@ -64,9 +64,9 @@ def test_every_profile_validates_every_section(tmp_path):
     from data_gen.teacher import TeachersConfig
     from evals.evaluate import EvaluateConfig
     from instruct.sft import SFTConfig
+    from pretrain.config import PretrainConfig
     from pretrain.export import ExportConfig
     from pretrain.pack import PackConfig
-    from pretrain.pretrain_config import PretrainConfig
     from pretrain.tokenizer import TokenizerConfig
 
     sections = {"teacher": TeachersConfig, "seeds": SeedsConfig, "generate": GenerateConfig,

@@ -12,7 +12,7 @@ import yaml
 
 from dasi.model_config import ModelConfig
 from dasi.runlog import LoggingConfig, RunLog
-from pretrain.pretrain_config import PretrainConfig
+from pretrain.config import PretrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 

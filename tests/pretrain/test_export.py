@@ -6,8 +6,8 @@ import torch
 
 from dasi.integrity import IntegrityError
 from pretrain.export import END_TOKEN, ExportConfig, megatron_to_hf, run
-from pretrain.pretrain_stage import run as pretrain
-from pretrain.pretrain_worker import RecordLog
+from pretrain.stage import run as pretrain
+from pretrain.worker import RecordLog
 from tests.pretrain.conftest import small_cfg
 
 
@@ -120,7 +120,7 @@ def _te_names(sd: dict) -> dict:
 def test_export_reads_transformer_engine_names(model_cfg, packed, tokenizer_dir, tmp_path) -> None:
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from pretrain import pretrain_ckpt as ckpt
+    from pretrain import checkpoint as ckpt
     from pretrain.export import llama_config
     from pretrain.model import build_gpt, distributed
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.pretrain_stage import HISTORY_KEYS
+from pretrain.stage import HISTORY_KEYS
 from tests.faults import kill_then_finish, seeded_delays, timed_run, tree_digest
 from tests.pretrain.conftest import PRETRAIN, ROOT, cli_workspace, dasi
 

@@ -12,11 +12,11 @@ from dasi.integrity import IntegrityError
 from dasi.model_config import parameter_count
 from dasi.resume import FingerprintMismatch
 from dasi.runlog import read_jsonl
-from pretrain import pretrain_ckpt as ckpt
-from pretrain import pretrain_launch as launch
-from pretrain.pretrain_config import PretrainConfig
-from pretrain.pretrain_stage import HISTORY_KEYS, SUMMARY, code_files, fingerprint_parts, run
-from pretrain.pretrain_worker import RecordLog
+from pretrain import checkpoint as ckpt
+from pretrain import launch
+from pretrain.config import PretrainConfig
+from pretrain.stage import HISTORY_KEYS, SUMMARY, code_files, fingerprint_parts, run
+from pretrain.worker import RecordLog
 from tests.pretrain.conftest import ROOT, runlog, small_cfg
 
 
@@ -119,7 +119,7 @@ def test_launchers(tmp_path) -> None:
     two = small_cfg(parallel={"tensor_parallel": 2})
     cmd = launch.torchrun_command(two, tmp_path / "job.json")
     assert launch.choose(two) == "torchrun" and "--nproc-per-node=2" in cmd
-    assert cmd[-3:] == ["pretrain.pretrain_worker", "--job", str(tmp_path / "job.json")]
+    assert cmd[-3:] == ["pretrain.worker", "--job", str(tmp_path / "job.json")]
     big = small_cfg(global_batch_size=32, parallel={"tensor_parallel": 8, "data_parallel": 16, "nodes": 16},
                     slurm={"partition": "h100", "account": "kormo"})
     text = launch.dry_run(big, Path("job.json"), "slurm")
@@ -146,7 +146,7 @@ def test_two_processes_match_one(model_cfg, packed, tmp_path, layout) -> None:
 
 
 def test_worker_module_is_spawn_safe() -> None:
-    src = Path(sys.modules["pretrain.pretrain_worker"].__file__).read_text()
+    src = Path(sys.modules["pretrain.worker"].__file__).read_text()
     assert 'if __name__ == "__main__":' in src
     assert torch.distributed.is_available()
 
@@ -246,7 +246,7 @@ def _imported_modules(path: Path) -> set[str]:
 def test_code_fingerprint_covers_every_module_training_runs() -> None:
     """Walk the imports from the stage and the worker: each project module reached is hashed."""
     hashed = {p.resolve() for p in code_files()}
-    todo, seen = ["pretrain.pretrain_stage", "pretrain.pretrain_worker"], set()
+    todo, seen = ["pretrain.stage", "pretrain.worker"], set()
     while todo:
         mod = todo.pop()
         path = ROOT / (mod.replace(".", "/") + ".py")

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pretrain.pretrain_config import PretrainConfig
+from pretrain.config import PretrainConfig
 
 Launcher = Literal["local", "torchrun", "slurm"]
-WORKER = "pretrain.pretrain_worker"
+WORKER = "pretrain.worker"
 # sbatch's --output folder, relative to the submitting directory: Slurm does not create it (a job
 # whose output file cannot be opened fails at once), so submit() does.
 SLURM_LOGS = Path("logs/slurm")

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from dasi.runlog import read_jsonl
-from pretrain import pretrain_launch as launch
-from pretrain.pretrain_stage import SlurmJobFailed, _job_failed, run
-from pretrain.pretrain_worker import RecordLog
+from pretrain import launch
+from pretrain.stage import SlurmJobFailed, _job_failed, run
+from pretrain.worker import RecordLog
 from tests.pretrain.conftest import runlog, small_cfg
 
 

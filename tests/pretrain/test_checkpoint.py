@@ -3,8 +3,8 @@
 import json
 
 from dasi.runlog import LoggingConfig, RunLog, read_jsonl
-from pretrain import pretrain_ckpt as ckpt
-from pretrain.pretrain_stage import fingerprint_parts, run
+from pretrain import checkpoint as ckpt
+from pretrain.stage import fingerprint_parts, run
 from tests.pretrain.conftest import small_cfg
 
 

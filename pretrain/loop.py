@@ -11,10 +11,10 @@ from tqdm import tqdm
 
 from dasi.model_config import ModelConfig
 from dasi.provenance import sha256_file
-from pretrain import pretrain_ckpt as ckpt
+from pretrain import checkpoint as ckpt
+from pretrain.config import PretrainConfig
+from pretrain.data import batch, build_cached, sample_start
 from pretrain.model import build_gpt, distributed, on_gpu, te_unavailable, transformer_config
-from pretrain.pretrain_config import PretrainConfig
-from pretrain.pretrain_data import batch, build_cached, sample_start
 
 
 class Log(Protocol):

@@ -1,6 +1,6 @@
 """Stage ``pretrain``: train the megatron-core GPT of the ``model:`` section on the packed data.
 
-One rank trains in this process; more ranks run ``pretrain.pretrain_worker`` under torchrun
+One rank trains in this process; more ranks run ``pretrain.worker`` under torchrun
 (one node) or an sbatch script (Slurm, written next to the checkpoints and submitted).
 
 Before anything is written, every packed file is checked against the manifest, the checkpoints'
@@ -27,11 +27,11 @@ from dasi.model_config import ModelConfig
 from dasi.provenance import sha256_file
 from dasi.runlog import RunLog
 from dasi.stage import JobFailed
-from pretrain import pretrain_ckpt as ckpt
-from pretrain import pretrain_launch as launch
+from pretrain import checkpoint as ckpt
+from pretrain import launch
+from pretrain.config import PretrainConfig
 from pretrain.pack import PackManifest, verify_manifest
-from pretrain.pretrain_config import PretrainConfig
-from pretrain.pretrain_worker import replay, write_job
+from pretrain.worker import replay, write_job
 
 __all__ = ["PretrainConfig", "run"]
 
@@ -116,7 +116,7 @@ def run(model: ModelConfig, cfg: PretrainConfig, manifest: Path, checkpoints: Pa
     if latest:
         ckpt.check_rng_files(ckpt.iter_dir(checkpoints, latest), cfg.parallel.world_size)
     if kind == "local":
-        from pretrain.pretrain_loop import train
+        from pretrain.loop import train
 
         return _finish(train(model, cfg, manifest, checkpoints, log, stop_at=stop_at), cfg, checkpoints)
     write_job(job, model, cfg, manifest, checkpoints, checkpoints / "records.jsonl", stop_at)

@@ -1,4 +1,4 @@
-"""What each rank runs under torchrun / srun: ``python -m pretrain.pretrain_worker --job job.json``.
+"""What each rank runs under torchrun / srun: ``python -m pretrain.worker --job job.json``.
 
 Rank 0 writes metrics, events and the summary as JSON lines into the job's ``records`` file; the
 stage replays them into its RunLog when the ranks are done.
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dasi.model_config import ModelConfig
-from pretrain.pretrain_config import PretrainConfig
+from pretrain.config import PretrainConfig
 
 
 class RecordLog:
@@ -64,7 +64,7 @@ def write_job(path: Path, model: ModelConfig, cfg: PretrainConfig, manifest: Pat
 
 
 def main(argv: list[str] | None = None) -> None:
-    from pretrain.pretrain_loop import train
+    from pretrain.loop import train
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--job", type=Path, required=True)
