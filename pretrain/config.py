@@ -11,14 +11,30 @@ from dasi.strict import StrictModel
 
 
 class ParallelConfig(StrictModel):
+    """megatron-core's layout: world = TP x PP x CP x DP ranks (TP innermost)."""
+
     tensor_parallel: PositiveInt = 1
+    pipeline_parallel: PositiveInt = 1
+    virtual_pipeline_parallel: PositiveInt | None = Field(
+        None, description="model chunks per pipeline rank (interleaved 1F1B); None: one")
+    context_parallel: PositiveInt = 1
+    sequence_parallel: bool = Field(False, description="shard norms/dropout activations over TP ranks")
     data_parallel: PositiveInt = 1
     nodes: PositiveInt = 1
-    gpus_per_node: PositiveInt | None = Field(None, description="ranks per node; default TP*DP/nodes")
+    gpus_per_node: PositiveInt | None = Field(None, description="ranks per node; default world/nodes")
+
+    @property
+    def model_parallel(self) -> int:
+        return self.tensor_parallel * self.pipeline_parallel * self.context_parallel
 
     @property
     def world_size(self) -> int:
-        return self.tensor_parallel * self.data_parallel
+        return self.model_parallel * self.data_parallel
+
+    @property
+    def chunks(self) -> int:
+        """Model chunks each pipeline rank holds."""
+        return self.virtual_pipeline_parallel or 1
 
     @property
     def procs_per_node(self) -> int:
@@ -28,7 +44,11 @@ class ParallelConfig(StrictModel):
     def _fits(self) -> ParallelConfig:
         if self.procs_per_node * self.nodes != self.world_size:
             raise ValueError(f"nodes {self.nodes} x gpus_per_node {self.procs_per_node} != "
-                             f"tensor_parallel x data_parallel = {self.world_size}")
+                             f"tensor x pipeline x context x data parallel = {self.world_size}")
+        if self.sequence_parallel and self.tensor_parallel == 1:
+            raise ValueError("sequence_parallel needs tensor_parallel > 1")
+        if self.virtual_pipeline_parallel not in (None, 1) and self.pipeline_parallel == 1:
+            raise ValueError("virtual_pipeline_parallel needs pipeline_parallel > 1")
         return self
 
 
@@ -68,6 +88,26 @@ class PretrainConfig(StrictModel):
                                           "(and every keep_every-th); None keeps all")
     keep_every: NonNegativeInt | None = Field(None, description="retention: also keep checkpoints whose "
                                               "step is a multiple of this; None/0: none specially")
+    recompute: Literal["none", "selective", "full"] = Field(
+        "none", description="activation recompute: none, selective (core attention) or full layers")
+    recompute_num_layers: PositiveInt = Field(1, description="full: layers per recomputed block")
+    overlap_grad_reduce: bool = Field(False, description="reduce gradients while backward runs")
+    overlap_param_gather: bool = Field(False, description="gather parameters while forward runs "
+                                       "(distributed optimizer: GPU only)")
+    async_save: bool = Field(False, description="write checkpoints in the background (dist_checkpointing)")
+    document_masking: bool = Field(False, description="attention and positions reset at every EOD: "
+                                   "a token sees only its own document")
+    nan_policy: Literal["stop", "skip"] = Field(
+        "stop", description="a non-finite loss or a loss spike: skip the batch, or stop naming the "
+        "last good checkpoint")
+    spike_factor: PositiveFloat | None = Field(
+        None, description="a loss above factor x the mean of the last spike_window losses is a spike; "
+        "None: no spike check")
+    spike_window: PositiveInt = 50
+    max_skipped: NonNegativeInt = Field(10, description="stop after this many skipped batches in a row")
+    peak_tflops: PositiveFloat | None = Field(
+        None, description="dense peak TFLOP/s of one device in the training dtype, for MFU; None: "
+        "from the device name when known")
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
 
@@ -90,4 +130,8 @@ class PretrainConfig(StrictModel):
             raise ValueError(f"warmup_steps {self.warmup_steps} must be < train_steps")
         if self.lr_schedule == "wsd" and not 0 < self.wsd_decay_steps <= self.train_steps:
             raise ValueError("lr_schedule wsd needs 0 < wsd_decay_steps <= train_steps")
+        par = self.parallel
+        if par.virtual_pipeline_parallel and self.accumulation_steps % par.pipeline_parallel:
+            raise ValueError(f"interleaved pipelining needs micro-batches per step "
+                             f"({self.accumulation_steps}) divisible by pipeline_parallel")
         return self
