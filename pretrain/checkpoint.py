@@ -96,11 +96,22 @@ def _distributed_parts(optimizer: Any) -> list[Any]:
     return [o for o in parts if isinstance(o, DistributedOptimizer)]
 
 
+def _chunks(model: Any) -> list[Any]:
+    return list(model) if isinstance(model, (list, tuple)) else [model]
+
+
+def model_keys(n: int) -> list[str]:
+    """Top-level keys of a checkpoint's model chunks: ``model``, or ``model0``.. with interleaved
+    pipelining (tensors are matched by their global sharded keys, so any layout loads any other)."""
+    return ["model"] if n == 1 else [f"model{i}" for i in range(n)]
+
+
 def _sharded(model: Any, optimizer: Any | None, is_loading: bool = False) -> dict[str, Any]:
-    model_sd = model.sharded_state_dict()
-    state: dict[str, Any] = {"model": model_sd}
+    chunks = _chunks(model)
+    state: dict[str, Any] = {k: c.sharded_state_dict() for k, c in zip(model_keys(len(chunks)), chunks,
+                                                                      strict=True)}
     if optimizer is not None:  # when loading, the optimizer creates its (empty) states first
-        state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading,
+        state["optimizer"] = optimizer.sharded_state_dict(dict(state), is_loading=is_loading,
                                                           metadata=_optimizer_metadata(optimizer))
     return state
 
@@ -200,10 +211,11 @@ def _publish(tmp: Path, final: Path, mode: VerifyMode) -> str | None:
             f"{RESTART}")
 
 
-def save(root: Path, step: int, model: Any, optimizer: Any, scheduler: Any, extra: dict[str, Any],
-         history: dict[str, Any], mode: VerifyMode = "sha256") -> Path:
+def save(root: Path, step: int, model: Any, optimizer: Any | None, scheduler: Any | None,
+         extra: dict[str, Any], history: dict[str, Any] | None, mode: VerifyMode = "sha256") -> Path:
     """Write checkpoint ``step`` (collective: every rank calls it); ``history`` (wall time,
-    launches) goes beside it."""
+    launches) goes beside it. Without optimizer and scheduler it holds the weights only (an
+    initial model for ``pretrain.init_from``)."""
     from megatron.core import dist_checkpointing
 
     rank = torch.distributed.get_rank()
@@ -214,7 +226,9 @@ def save(root: Path, step: int, model: Any, optimizer: Any, scheduler: Any, extr
         tmp.mkdir(parents=True)
     torch.distributed.barrier()
     state = _sharded(model, optimizer)
-    state.update(step=step, scheduler=scheduler.state_dict(), extra=extra)
+    state.update(step=step, extra=extra)
+    if scheduler is not None:
+        state["scheduler"] = scheduler.state_dict()
     dist_checkpointing.save(canonical(state), str(tmp))
     (tmp / "rng").mkdir(exist_ok=True)
     torch.save(rng_state(), rng_file(tmp, rank))
@@ -224,12 +238,21 @@ def save(root: Path, step: int, model: Any, optimizer: Any, scheduler: Any, extr
     if error[0]:
         raise IntegrityError(error[0])
     if rank == 0:
-        write_json(history_file(root, step), history)
+        if history is not None:
+            write_json(history_file(root, step), history)
         marker = Path(root) / LATEST
         marker.with_name(".latest.tmp").write_text(f"{step}\n")
         os.replace(marker.with_name(".latest.tmp"), marker)
     torch.distributed.barrier()
     return final
+
+
+def weights_folder(path: Path) -> Path:
+    """The checkpoint folder ``pretrain.init_from`` names: a step folder, or a checkpoints root
+    (its ``latest``)."""
+    path = Path(path)
+    step = latest_step(path) if (path / LATEST).exists() else None
+    return iter_dir(path, step) if step is not None else path
 
 
 def saved_steps(root: Path) -> list[int]:
@@ -271,9 +294,18 @@ def history(root: Path, step: int | None, log: Any) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def common_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's common (non-tensor) state: ``step``, ``scheduler``, ``extra``; read before
+    the model is built (e.g. the data blocks a run trained on)."""
+    from megatron.core import dist_checkpointing
+
+    return dist_checkpointing.load_common_state_dict(str(path))
+
+
 def load(path: Path, model: Any, optimizer: Any | None = None, scheduler: Any | None = None,
          restore_rng: bool = True) -> dict[str, Any]:
-    """Load a checkpoint folder into ``model`` (and optimizer, scheduler, RNG when given);
+    """Load a checkpoint folder into ``model`` (a module or a list of pipeline chunks; and
+    optimizer, scheduler, RNG when given);
     returns the common state (``step``, ``extra``). Call :func:`verify` first."""
     from megatron.core import dist_checkpointing
 
@@ -287,7 +319,9 @@ def load(path: Path, model: Any, optimizer: Any | None = None, scheduler: Any | 
         if not part.optimizer.state:
             part._init_optimizer_states_with_dummy_values()
     loaded = dist_checkpointing.load(_sharded(model, optimizer, is_loading=True), str(path))
-    model.load_state_dict(loaded["model"])
+    chunks = _chunks(model)
+    for key, chunk in zip(model_keys(len(chunks)), chunks, strict=True):
+        chunk.load_state_dict(loaded[key])
     if optimizer is not None:
         # no_grad: DistributedOptimizer copies fp32 main params in place, and in fp32 those are views
         # of the model's parameters (megatron-core 0.16 does not guard this itself; seen on an H100).
@@ -297,4 +331,4 @@ def load(path: Path, model: Any, optimizer: Any | None = None, scheduler: Any | 
         scheduler.load_state_dict(loaded["scheduler"])
     if restore_rng:
         set_rng_state(torch.load(rng, weights_only=False))
-    return {"step": int(loaded["step"]), "extra": loaded.get("extra", {})}
+    return {"step": int(loaded.get("step", 0)), "extra": loaded.get("extra", {})}

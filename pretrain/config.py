@@ -88,6 +88,8 @@ class PretrainConfig(StrictModel):
                                           "(and every keep_every-th); None keeps all")
     keep_every: NonNegativeInt | None = Field(None, description="retention: also keep checkpoints whose "
                                               "step is a multiple of this; None/0: none specially")
+    init_from: str | None = Field(None, description="checkpoint folder whose model weights start the run "
+                                  "(dasi import-hf, another run); None: random init")
     recompute: Literal["none", "selective", "full"] = Field(
         "none", description="activation recompute: none, selective (core attention) or full layers")
     recompute_num_layers: PositiveInt = Field(1, description="full: layers per recomputed block")
@@ -131,7 +133,10 @@ class PretrainConfig(StrictModel):
         if self.lr_schedule == "wsd" and not 0 < self.wsd_decay_steps <= self.train_steps:
             raise ValueError("lr_schedule wsd needs 0 < wsd_decay_steps <= train_steps")
         par = self.parallel
-        if par.virtual_pipeline_parallel and self.accumulation_steps % par.pipeline_parallel:
-            raise ValueError(f"interleaved pipelining needs micro-batches per step "
-                             f"({self.accumulation_steps}) divisible by pipeline_parallel")
+        # megatron's interleaved schedule runs micro-batches in groups of pipeline_parallel
+        counts = {"micro-batches per step": self.accumulation_steps, "eval_iters": self.eval_iters}
+        for key, count in counts.items():
+            if par.virtual_pipeline_parallel and count % par.pipeline_parallel:
+                raise ValueError(f"interleaved pipelining needs {key} ({count}) divisible by "
+                                 f"pipeline_parallel {par.pipeline_parallel}")
         return self

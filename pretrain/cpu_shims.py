@@ -39,6 +39,8 @@ def _redirect(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if "device" in kwargs:
             kwargs["device"] = _cpu_device(kwargs["device"])
+        if kwargs.get("pin_memory"):  # e.g. RoPE under context parallelism: no pinned memory without CUDA
+            kwargs["pin_memory"] = False
         return fn(*args, **kwargs)
 
     wrapper.__dasi_shim__ = True  # type: ignore[attr-defined]
@@ -116,6 +118,23 @@ def _clip_grad_by_total_norm_cpu(parameters: Any, max_norm: float, total_norm: f
         torch._foreach_mul_([g.detach() for g in grads], coeff)
 
 
+def _gloo_reduce_scatter(output: torch.Tensor, input_: torch.Tensor, group: Any = None,
+                         async_op: bool = False) -> None:
+    """reduce_scatter_tensor for gloo, which lacks it: all-reduce, keep this rank's slice (sequence
+    parallelism reduce-scatters activations along dim 0)."""
+    full = input_.clone()
+    torch.distributed.all_reduce(full, group=group)
+    rank = torch.distributed.get_rank(group)
+    output.copy_(full[rank * output.size(0):(rank + 1) * output.size(0)])
+
+
+def _gloo_all_gather(output: torch.Tensor, input_: torch.Tensor, group: Any = None,
+                     async_op: bool = False) -> None:
+    """all_gather_into_tensor through gloo's list all_gather (dim 0)."""
+    parts = list(output.chunk(torch.distributed.get_world_size(group)))
+    torch.distributed.all_gather(parts, input_.contiguous(), group=group)
+
+
 def install_rng_tracker() -> None:
     from megatron.core.tensor_parallel import random as mrandom
 
@@ -140,6 +159,8 @@ def install() -> bool:
     if not _SAVED:
         import megatron.core.optimizer.clip_grads as clip_grads
         import megatron.core.optimizer.optimizer as moptim
+        import megatron.core.tensor_parallel.mappings as mappings
+        import megatron.core.tensor_parallel.random as mrandom
 
         _patch(torch.cuda, "current_device", lambda: "cpu")
         _patch(torch.cuda, "synchronize", lambda *a, **k: None)
@@ -151,6 +172,11 @@ def install() -> bool:
         _patch(torch.Tensor, "to", _tensor_to(torch.Tensor.to))
         _patch(clip_grads, "clip_grad_by_total_norm_fp32", _clip_grad_by_total_norm_cpu)
         _patch(moptim, "clip_grad_by_total_norm_fp32", _clip_grad_by_total_norm_cpu)
+        _patch(mappings, "dist_reduce_scatter_func", _gloo_reduce_scatter)
+        _patch(mappings, "dist_all_gather_func", _gloo_all_gather)
+        # activation recompute saves and restores "the CUDA RNG": here the CPU generator is it
+        _patch(mrandom, "_get_cuda_rng_state", lambda *a, **k: torch.get_rng_state())
+        _patch(mrandom, "_set_cuda_rng_state", lambda state, *a, **k: torch.set_rng_state(state))
     install_rng_tracker()
     return True
 

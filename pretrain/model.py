@@ -9,6 +9,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +50,8 @@ def _free_port() -> int:
 
 
 @contextmanager
-def distributed(tensor_parallel: int = 1, seed: int = 1234) -> Iterator[None]:
+def distributed(tensor_parallel: int = 1, seed: int = 1234, pipeline_parallel: int = 1,
+                virtual_pipeline_parallel: int | None = None, context_parallel: int = 1) -> Iterator[None]:
     """Process group + megatron model-parallel state for this process, torn down on exit.
 
     Under torchrun the rank and world come from the environment; otherwise a one-rank group is
@@ -72,9 +74,14 @@ def distributed(tensor_parallel: int = 1, seed: int = 1234) -> Iterator[None]:
         torch.distributed.init_process_group("nccl" if on_gpu() else "gloo",
                                              timeout=timedelta(minutes=10))
     world = torch.distributed.get_world_size()
-    if world % tensor_parallel:
-        raise ValueError(f"world size {world} is not divisible by tensor_parallel {tensor_parallel}")
-    mpu.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel)
+    model_parallel = tensor_parallel * pipeline_parallel * context_parallel
+    if world % model_parallel:
+        raise ValueError(f"world size {world} is not divisible by tensor x pipeline x context parallel "
+                         f"{model_parallel}")
+    mpu.initialize_model_parallel(
+        tensor_model_parallel_size=tensor_parallel, pipeline_model_parallel_size=pipeline_parallel,
+        virtual_pipeline_model_parallel_size=virtual_pipeline_parallel if pipeline_parallel > 1 else None,
+        context_parallel_size=context_parallel)
     model_parallel_cuda_manual_seed(seed)
     torch.manual_seed(seed)
     try:
@@ -90,9 +97,36 @@ def distributed(tensor_parallel: int = 1, seed: int = 1234) -> Iterator[None]:
             cpu_shims.uninstall()
 
 
-def transformer_config(m: ModelConfig, bf16: bool = False, initialize: bool = True):
-    """megatron TransformerConfig for ``m``: RMSNorm, SwiGLU, GQA, no biases, no dropout."""
+def _layout(train: Any | None) -> dict[str, Any]:
+    """TransformerConfig's parallelism and recompute settings from a PretrainConfig (None: the
+    process groups' sizes, no recompute)."""
     import megatron.core.parallel_state as mpu
+
+    pp = mpu.get_pipeline_model_parallel_world_size()
+    out: dict[str, Any] = {
+        "tensor_model_parallel_size": mpu.get_tensor_model_parallel_world_size(),
+        "pipeline_model_parallel_size": pp,
+        "virtual_pipeline_model_parallel_size": mpu.get_virtual_pipeline_model_parallel_world_size(),
+        "context_parallel_size": mpu.get_context_parallel_world_size(),
+    }
+    if train is None:
+        return out
+    out["sequence_parallel"] = train.parallel.sequence_parallel
+    if pp > 1:
+        out["pipeline_dtype"] = torch.bfloat16 if train.bf16 else torch.float32
+        # gloo has no batched (coalesced) point-to-point: single isend/irecv pairs instead.
+        out["batch_p2p_comm"] = on_gpu()
+    if train.recompute == "selective":
+        out.update(recompute_granularity="selective", recompute_modules=["core_attn"])
+    elif train.recompute == "full":
+        out.update(recompute_granularity="full", recompute_method="uniform",
+                   recompute_num_layers=train.recompute_num_layers)
+    return out
+
+
+def transformer_config(m: ModelConfig, bf16: bool = False, initialize: bool = True, train: Any | None = None):
+    """megatron TransformerConfig for ``m``: RMSNorm, SwiGLU, GQA, no biases, no dropout; the
+    parallel layout and recompute of ``train`` (a PretrainConfig) when given."""
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     gpu = on_gpu()
@@ -112,7 +146,7 @@ def transformer_config(m: ModelConfig, bf16: bool = False, initialize: bool = Tr
         hidden_dropout=0.0,
         attention_dropout=0.0,
         init_method_std=m.init_std,
-        tensor_model_parallel_size=mpu.get_tensor_model_parallel_world_size(),
+        **_layout(train),
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
         bf16=bf16,
         use_cpu_initialization=not gpu,
@@ -155,29 +189,64 @@ def layer_spec(use_te: bool | None = None, sdpa: bool | None = None):
     return spec
 
 
-def tp_numel(model: torch.nn.Module) -> int:
-    """Parameters of the whole (un-split) model, summed over the tensor-parallel group."""
+class SequenceParallelRMSNorm:
+    """torch's RMSNorm, as megatron's local ``WrappedTorchNorm`` builds it, allowed under sequence
+    parallelism (which that wrapper refuses): the norm is per token, so it runs on a sequence
+    shard as on the whole; its weight is marked ``sequence_parallel`` so that megatron's
+    ``finalize_model_grads`` sums its gradient over the tensor-parallel ranks."""
+
+    def __new__(cls, config: Any, hidden_size: int, eps: float = 1e-5) -> torch.nn.Module:
+        norm = torch.nn.RMSNorm(normalized_shape=hidden_size, eps=eps)
+        for p in norm.parameters():
+            p.sequence_parallel = config.sequence_parallel
+        return norm
+
+
+def _sequence_parallel_block(spec: Any, config: Any, vp_stage: int | None) -> Any:
+    """The local layer spec as a whole-block spec whose norms take sequence parallelism."""
+    import copy
+
+    from megatron.core.transformer.spec_utils import ModuleSpec
+    from megatron.core.transformer.transformer_block import (
+        TransformerBlock,
+        TransformerBlockSubmodules,
+        get_num_layers_to_build,
+    )
+
+    layer = copy.deepcopy(spec)
+    layer.submodules.input_layernorm = SequenceParallelRMSNorm
+    layer.submodules.pre_mlp_layernorm = SequenceParallelRMSNorm
+    layers = [layer] * get_num_layers_to_build(config, vp_stage=vp_stage)
+    return ModuleSpec(module=TransformerBlock, submodules=TransformerBlockSubmodules(
+        layer_specs=layers, layer_norm=SequenceParallelRMSNorm))
+
+
+def tp_numel(model: torch.nn.Module | list[torch.nn.Module]) -> int:
+    """Parameters of the whole (un-split) model: this rank's chunks, summed over the tensor- and
+    pipeline-parallel groups (context- and data-parallel ranks hold copies)."""
     import megatron.core.parallel_state as mpu
     from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
 
-    local = sum(p.numel() for p in model.parameters() if param_is_not_tensor_parallel_duplicate(p))
-    group = mpu.get_tensor_model_parallel_group()
-    # NCCL reduces only CUDA tensors, gloo only CPU ones.
-    device = "cuda" if torch.distributed.get_backend(group) == "nccl" else "cpu"
-    total = torch.tensor([local], dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(total, group=group)
+    chunks = model if isinstance(model, list) else [model]
+    local = sum(p.numel() for c in chunks for p in c.parameters()
+                if param_is_not_tensor_parallel_duplicate(p) and not _pipeline_copy(c, p))
+    total = None
+    for group in (mpu.get_tensor_model_parallel_group(), mpu.get_pipeline_model_parallel_group()):
+        # NCCL reduces only CUDA tensors, gloo only CPU ones.
+        device = "cuda" if torch.distributed.get_backend(group) == "nccl" else "cpu"
+        total = torch.tensor([local if total is None else total.item()], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(total, group=group)
     return int(total.item())
 
 
-def build_gpt(m: ModelConfig, bf16: bool = False, use_te: bool | None = None,
-              tokenizer_vocab: int | None = None, meta: bool = False, sdpa: bool | None = None):
-    """The GPTModel for ``m`` on this rank; its size must equal ``parameter_count(m)``.
+def _pipeline_copy(chunk: torch.nn.Module, param: torch.nn.Parameter) -> bool:
+    """The last pipeline stage's copy of tied word embeddings (the first stage holds the original)."""
+    return bool(getattr(chunk, "share_embeddings_and_output_weights", False)) and not chunk.pre_process \
+        and param is getattr(getattr(chunk, "output_layer", None), "weight", None)
 
-    ``meta=True`` builds without initialising (the untouched CPU pages are never committed) and
-    moves the model to the meta device: a 10.8B shape can be checked on a laptop. ``sdpa`` picks
-    the local layers' core attention (see :func:`layer_spec`)."""
+
+def _check_shape(m: ModelConfig, tokenizer_vocab: int | None) -> None:
     import megatron.core.parallel_state as mpu
-    from megatron.core.models.gpt import GPTModel
 
     if tokenizer_vocab is not None and tokenizer_vocab > m.vocab_size:
         raise ValueError(f"tokenizer has {tokenizer_vocab} tokens but model.vocab_size is "
@@ -185,21 +254,71 @@ def build_gpt(m: ModelConfig, bf16: bool = False, use_te: bool | None = None,
     tp = mpu.get_tensor_model_parallel_world_size()
     if m.vocab_size % tp or m.num_query_groups % tp or m.ffn_hidden_size % tp:
         raise ValueError(f"vocab_size, num_query_groups and ffn_hidden_size must divide by TP={tp}")
-    model = GPTModel(
-        config=transformer_config(m, bf16, initialize=not meta),
-        transformer_layer_spec=layer_spec(use_te, sdpa),
+    vpp = mpu.get_virtual_pipeline_model_parallel_world_size() or 1
+    stages = mpu.get_pipeline_model_parallel_world_size() * vpp
+    if m.num_layers % stages:
+        raise ValueError(f"num_layers {m.num_layers} must divide by pipeline_parallel x "
+                         f"virtual_pipeline_parallel = {stages}")
+    cp = mpu.get_context_parallel_world_size()
+    if m.seq_length % (2 * cp):
+        raise ValueError(f"seq_length {m.seq_length} must divide by 2 x context_parallel = {2 * cp}")
+
+
+def _gpt(m: ModelConfig, config: Any, spec: Any, vp_stage: int | None):
+    import megatron.core.parallel_state as mpu
+    from megatron.core.models.gpt import GPTModel
+
+    virtual = mpu.get_virtual_pipeline_model_parallel_world_size() is not None
+    if config.sequence_parallel and not have_transformer_engine():
+        spec = _sequence_parallel_block(spec, config, vp_stage)
+    return GPTModel(
+        config=config,
+        transformer_layer_spec=spec,
         vocab_size=m.vocab_size,
         max_sequence_length=m.seq_length,
+        pre_process=mpu.is_pipeline_first_stage(ignore_virtual=not virtual, vp_stage=vp_stage),
+        post_process=mpu.is_pipeline_last_stage(ignore_virtual=not virtual, vp_stage=vp_stage),
         share_embeddings_and_output_weights=not m.untie_embeddings,
         position_embedding_type="rope",
         rotary_base=int(m.rotary_base),
         parallel_output=True,
+        vp_stage=vp_stage,
     )
-    if meta:
-        model.to("meta")
-    elif on_gpu():
-        model.cuda(torch.cuda.current_device())
-    n, want = tp_numel(model), parameter_count(m)
+
+
+def build_chunks(m: ModelConfig, bf16: bool = False, use_te: bool | None = None,
+                 tokenizer_vocab: int | None = None, meta: bool = False, sdpa: bool | None = None,
+                 train: Any | None = None) -> list[Any]:
+    """This rank's model chunks for ``m``: one, or ``virtual_pipeline_parallel`` with interleaved
+    pipelining; the whole model (over TP and PP ranks) must have ``parameter_count(m)`` parameters.
+
+    ``meta=True`` builds without initialising (the untouched CPU pages are never committed) and
+    moves the model to the meta device: a 10.8B shape can be checked on a laptop. ``sdpa`` picks
+    the local layers' core attention (see :func:`layer_spec`); context parallelism needs it
+    without Transformer Engine. ``train`` (a PretrainConfig) gives the layout and recompute."""
+    import megatron.core.parallel_state as mpu
+
+    _check_shape(m, tokenizer_vocab)
+    config = transformer_config(m, bf16, initialize=not meta, train=train)
+    if mpu.get_context_parallel_world_size() > 1 and sdpa is None:
+        sdpa = True  # megatron's DotProductAttention refuses context parallelism
+    spec = layer_spec(use_te, sdpa)
+    vpp = mpu.get_virtual_pipeline_model_parallel_world_size()
+    chunks = [_gpt(m, config, spec, i if vpp else None) for i in range(vpp or 1)]
+    for chunk in chunks:
+        if meta:
+            chunk.to("meta")
+        elif on_gpu():
+            chunk.cuda(torch.cuda.current_device())
+    n, want = tp_numel(chunks), parameter_count(m)
     if n != want:
         raise AssertionError(f"built model has {n:,} parameters, parameter_count says {want:,}")
+    return chunks
+
+
+def build_gpt(m: ModelConfig, bf16: bool = False, use_te: bool | None = None,
+              tokenizer_vocab: int | None = None, meta: bool = False, sdpa: bool | None = None):
+    """The GPTModel for ``m`` on this rank, without pipeline parallelism (export, benchmarks):
+    :func:`build_chunks`' only chunk."""
+    (model,) = build_chunks(m, bf16, use_te, tokenizer_vocab, meta, sdpa)
     return model

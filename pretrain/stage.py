@@ -23,6 +23,7 @@ from typing import Any
 
 from dasi import resume
 from dasi.atomic import write_json
+from dasi.config import ConfigError
 from dasi.model_config import ModelConfig
 from dasi.provenance import sha256_file
 from dasi.runlog import RunLog
@@ -42,7 +43,18 @@ HISTORY_KEYS = ("train_wall_s", "segments")
 RESTART_HOW = "dasi pretrain --restart or DASI_RESTART=1 dvc repro pretrain"
 # Settings that change speed, logging or checks but not a single trained bit.
 NOT_SHAPING = {"save_interval", "eval_interval", "log_interval", "parallel", "slurm", "verify_data",
-               "verify_checkpoints", "keep_last", "keep_every"}
+               "verify_checkpoints", "keep_last", "keep_every", "overlap_grad_reduce",
+               "overlap_param_gather", "async_save", "recompute", "recompute_num_layers", "peak_tflops",
+               # the initial weights are fingerprinted by content (the model part), not by path
+               "init_from",
+               # the validation set's size: what is trained is the same
+               "eval_iters",
+               # how a step's samples are grouped into micro-batches: the same samples, the same
+               # mean (floating-point summation order aside)
+               "micro_batch_size",
+               # a run may be extended: the LR schedule follows the new value from the resumed step
+               # and the data gets a new block after the samples already planned (pretrain.data)
+               "train_steps"}
 # pretrain/ modules that training never imports: changing them keeps the checkpoints.
 NOT_TRAINING = {"tokenizer.py", "export.py"}
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,8 +73,10 @@ def fingerprint_parts(model: ModelConfig, cfg: PretrainConfig, packed: PackManif
     every packed file's sha256 (checked against the files before this is computed)."""
     code = {p.relative_to(ROOT).as_posix(): sha256_file(p) for p in code_files()}
     code.update({pkg: importlib.metadata.version(pkg) for pkg in ("torch", "megatron-core")})
+    init = ({"init_from": sha256_file(ckpt.weights_folder(Path(cfg.init_from)) / ckpt.CHECKSUMS)}
+            if cfg.init_from else {})
     return {"data": resume.fingerprint(packed.model_dump(mode="json")),
-            "model": resume.fingerprint(model.model_dump(mode="json")),
+            "model": resume.fingerprint({**model.model_dump(mode="json"), **init}),
             "optimisation": resume.fingerprint(cfg.model_dump(mode="json", exclude=NOT_SHAPING)),
             "code": resume.fingerprint(code)}
 
@@ -102,11 +116,16 @@ def run(model: ModelConfig, cfg: PretrainConfig, manifest: Path, checkpoints: Pa
         raise FileNotFoundError(f"{manifest}: run the pack stage first")
     if isinstance(log, RunLog):  # the checkpoint folder, read again at the end, as its checksums are made
         log.hash_outputs(cfg.verify_checkpoints)
+    if cfg.init_from:  # the initial weights, checked as a checkpoint is before a resume
+        ckpt.verify(ckpt.weights_folder(Path(cfg.init_from)))
     parts = fingerprint_parts(model, cfg, verify_manifest(manifest, cfg.verify_data))
     if restart:
         resume.restart(checkpoints, log, checkpoints=saved_checkpoints(checkpoints))
     resume.check_fingerprint(checkpoints, parts, _held_work(checkpoints), RESTART_HOW)
     latest = ckpt.latest_step(checkpoints)
+    if latest and latest > cfg.train_steps:
+        raise ConfigError(f"pretrain.train_steps {cfg.train_steps} is below the latest checkpoint's step "
+                          f"{latest} in {checkpoints}: raise it, or start over ({RESTART_HOW})")
     if latest:
         ckpt.verify(ckpt.iter_dir(checkpoints, latest))
     resume.record_fingerprint(checkpoints, parts)
