@@ -23,6 +23,8 @@ import os
 import pickle
 import shutil
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -212,10 +214,15 @@ def _publish(tmp: Path, final: Path, mode: VerifyMode) -> str | None:
 
 
 def save(root: Path, step: int, model: Any, optimizer: Any | None, scheduler: Any | None,
-         extra: dict[str, Any], history: dict[str, Any] | None, mode: VerifyMode = "sha256") -> Path:
+         extra: dict[str, Any], history: dict[str, Any] | None, mode: VerifyMode = "sha256",
+         background: bool = False, then: Callable[[], None] | None = None) -> Any:
     """Write checkpoint ``step`` (collective: every rank calls it); ``history`` (wall time,
     launches) goes beside it. Without optimizer and scheduler it holds the weights only (an
-    initial model for ``pretrain.init_from``)."""
+    initial model for ``pretrain.init_from``). ``then`` runs once it is published.
+
+    ``background``: returns megatron's AsyncRequest at once, after the tensors are staged; the
+    shards are written by a background process, and publishing (checksums, rename, ``latest``,
+    ``then``) happens when :class:`Saver` finalises the request. Otherwise returns the folder."""
     from megatron.core import dist_checkpointing
 
     rank = torch.distributed.get_rank()
@@ -229,11 +236,24 @@ def save(root: Path, step: int, model: Any, optimizer: Any | None, scheduler: An
     state.update(step=step, extra=extra)
     if scheduler is not None:
         state["scheduler"] = scheduler.state_dict()
-    dist_checkpointing.save(canonical(state), str(tmp))
     (tmp / "rng").mkdir(exist_ok=True)
     torch.save(rng_state(), rng_file(tmp, rank))
+    publish = partial(_publish_everywhere, root, step, tmp, history, mode, then)
+    request = dist_checkpointing.save(canonical(state), str(tmp), async_sharded_save=background)
+    if background:
+        request.add_finalize_fn(publish)
+        return request
+    publish()
+    return final
+
+
+def _publish_everywhere(root: Path, step: int, tmp: Path, history: dict[str, Any] | None, mode: VerifyMode,
+                        then: Callable[[], None] | None) -> None:
+    """Collective: rank 0 publishes the written ``tmp`` folder as checkpoint ``step`` and names it
+    in ``latest``; every rank learns whether that worked."""
+    rank = torch.distributed.get_rank()
     torch.distributed.barrier()
-    error = [_publish(tmp, final, mode) if rank == 0 else None]
+    error = [_publish(tmp, iter_dir(root, step), mode) if rank == 0 else None]
     torch.distributed.broadcast_object_list(error, src=0)
     if error[0]:
         raise IntegrityError(error[0])
@@ -243,8 +263,38 @@ def save(root: Path, step: int, model: Any, optimizer: Any | None, scheduler: An
         marker = Path(root) / LATEST
         marker.with_name(".latest.tmp").write_text(f"{step}\n")
         os.replace(marker.with_name(".latest.tmp"), marker)
+        if then is not None:
+            then()
     torch.distributed.barrier()
-    return final
+
+
+class Saver:
+    """Checkpoint saves of a training run: synchronous, or in the background (``async_save``) with
+    megatron's AsyncCallsQueue. A background save is published at a later :meth:`poll` once every
+    rank's writer has finished; :meth:`close` waits for the last one (training never ends with a
+    save unpublished)."""
+
+    def __init__(self, background: bool) -> None:
+        from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+        self.queue = AsyncCallsQueue() if background else None
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.queue is None:
+            save(*args, **kwargs)
+            return
+        self.poll(blocking=True)  # one save in flight at a time: its memory is staged
+        self.queue.schedule_async_request(save(*args, **kwargs, background=True))
+
+    def poll(self, blocking: bool = False) -> None:
+        """Collective: publish the background saves every rank has finished writing."""
+        if self.queue is not None:
+            self.queue.maybe_finalize_async_calls(blocking=blocking)
+
+    def close(self) -> None:
+        if self.queue is not None:
+            self.poll(blocking=True)
+            self.queue.close()
 
 
 def weights_folder(path: Path) -> Path:

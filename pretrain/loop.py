@@ -306,8 +306,9 @@ def train(m: ModelConfig, cfg: PretrainConfig, manifest: Path, ckpt_dir: Path, l
         segments = None if history["segments"] is None else history["segments"] + (stop > start)
         bar = tqdm(total=stop, initial=start, desc="pretrain", unit="step",
                    disable=torch.distributed.get_rank() != 0)
-        step = start
+        saver = ckpt.Saver(cfg.async_save)
         for step in range(start, stop):
+            saver.poll()
             t = time.time()
             for chunk in model:
                 chunk.zero_grad_buffer()
@@ -359,14 +360,14 @@ def train(m: ModelConfig, cfg: PretrainConfig, manifest: Path, ckpt_dir: Path, l
                          "train_steps": cfg.train_steps, "data_blocks": sizes,
                          "loss_monitor": monitor.state()}
                 wall = _add(history["train_wall_s"], time.time() - t0)
-                ckpt.save(ckpt_dir, done, chunks, opt, sched, extra,
-                          {"train_wall_s": wall, "segments": segments}, mode=cfg.verify_checkpoints)
-                if torch.distributed.get_rank() == 0:  # after the save's last barrier: latest names it
-                    ckpt.prune(ckpt_dir, cfg.keep_last, cfg.keep_every, log)
+                saver.save(ckpt_dir, done, chunks, opt, sched, extra,
+                           {"train_wall_s": wall, "segments": segments}, mode=cfg.verify_checkpoints,
+                           then=partial(ckpt.prune, ckpt_dir, cfg.keep_last, cfg.keep_every, log))
             if signalled:
                 log.event("signal_save", step=done, checkpoint=str(ckpt.iter_dir(ckpt_dir, done)))
                 stop = done
                 break
+        saver.close()
         bar.close()
         summary = {"steps": stop, "first_train_loss": first, "final_train_loss": last,
                    "final_valid_loss": valid, "layer_spec": extra.get("layer_spec", spec),

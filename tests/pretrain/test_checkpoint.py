@@ -39,3 +39,23 @@ def test_retention_does_not_enter_the_fingerprint(model_cfg, packed) -> None:
     manifest = load_manifest(packed)
     assert fingerprint_parts(model_cfg, small_cfg(), manifest) == \
         fingerprint_parts(model_cfg, small_cfg(keep_last=2, keep_every=5), manifest)
+
+
+def test_a_background_save_writes_what_a_synchronous_one_does(model_cfg, packed, tmp_path):
+    """async_save: the same checkpoint bytes (so a resume from it is a resume from the synchronous
+    one), published with latest and retention by the time training ends."""
+    import json
+
+    from pretrain.stage import run
+    from pretrain.worker import RecordLog
+    from tests.pretrain.conftest import small_cfg
+
+    sums = {}
+    for background in (False, True):
+        cfg = small_cfg(async_save=background, keep_last=1)
+        ck = tmp_path / f"ck{background}"
+        summary = run(model_cfg, cfg, packed, ck, RecordLog(tmp_path / f"{background}.jsonl"))
+        assert ckpt.saved_steps(ck) == [6] and ckpt.latest_step(ck) == 6
+        files = json.loads((ck / "iter_0000006" / ckpt.CHECKSUMS).read_text())
+        sums[background] = (files, summary["final_train_loss"])
+    assert sums[True] == sums[False]
