@@ -4,11 +4,13 @@
     python benchmarks/pretrain_mfu.py --device cpu --layers 2 --hidden-size 64 --seq-length 128 \\
         --micro-batch-size 1 --micro-batches 1 --steps 2 --warmup 1          # CPU smoke test
 
-The model is built by ``pretrain.model.build_gpt`` and trained by the same pieces as
+The model is built by ``pretrain.model.build_chunks`` and trained by the same pieces as
 ``pretrain.loop.train`` (megatron DDP with fp32 grad buckets, ``_optimizer``: megatron's
-distributed optimizer on GPU, ``_loss``), on random tokens: what pretraining ships is
-what is measured. Each timed step is ``--micro-batches`` forward+backward passes, the grad sync,
-the optimizer step and the LR scheduler step. The last line printed is one JSON object.
+distributed optimizer on GPU, ``_run_schedule``: megatron's forward-backward schedule), on
+random tokens: what pretraining ships is what is measured. Each timed step is
+``--micro-batches`` forward+backward passes, the grad sync, the optimizer step and the LR
+scheduler step (the H100 figures of 2026-11-26 were measured with the earlier hand-written
+micro-batch loop, before training moved to megatron's schedule). The last line printed is one JSON object.
 
 FLOPs per token and the device peaks: :mod:`pretrain.flops` (the formula is documented there).
 MFU is null on CPU.
@@ -103,8 +105,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from dasi.model_config import parameter_count
     from pretrain.config import PretrainConfig
-    from pretrain.loop import _dp_mean, _loss, _optimizer
-    from pretrain.model import build_gpt, distributed, layer_spec, te_unavailable, transformer_config
+    from pretrain.loop import _optimizer, _run_schedule, _wire, use_distributed_optimizer
+    from pretrain.model import build_chunks, distributed, layer_spec, te_unavailable
 
     m = model_config(args)
     gpu = args.device == "cuda"
@@ -119,14 +121,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          global_batch_size=args.micro_batch_size * args.micro_batches,
                          warmup_steps=1, bf16=gpu)
     with distributed(seed=cfg.seed):
-        gpt = build_gpt(m, bf16=cfg.bf16, use_te=use_te, sdpa=sdpa)
+        chunks = build_chunks(m, bf16=cfg.bf16, use_te=use_te, sdpa=sdpa, train=cfg)
         core = layer_spec(use_te, sdpa).submodules.self_attention.submodules.core_attention
-        # As loop.train wraps it.
-        model = DistributedDataParallel(
-            transformer_config(m, cfg.bf16),
+        # As loop.train wraps and drives it: megatron DDP, the schedule's hooks, the schedule.
+        model = [DistributedDataParallel(
+            chunks[0].config,
             DistributedDataParallelConfig(grad_reduce_in_fp32=True,
-                                          use_distributed_optimizer=cfg.bf16 and gpu),
-            gpt)
+                                          use_distributed_optimizer=use_distributed_optimizer()),
+            chunks[0])]
+        _wire(model, cfg)
         opt, sched = _optimizer(cfg, model)
         batches = random_batches(m, args.micro_batch_size, args.micro_batches, args.device)
         times, loss = [], float("nan")
@@ -134,19 +137,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if gpu:
                 torch.cuda.synchronize()
             t = time.perf_counter()
-            # One step of loop.train.
-            model.train()
-            model.zero_grad_buffer()
+            # One step of loop.train (its loss check and logging aside).
+            model[0].zero_grad_buffer()
             opt.zero_grad()
-            losses = []
-            for b in batches:
-                micro_loss = _loss(model, b)
-                (micro_loss / len(batches)).backward()
-                losses.append(micro_loss.detach())
-            model.finish_grad_sync()
+            loss = _run_schedule(model, lambda: iter(batches), len(batches), m, cfg, forward_only=False)
             opt.step()
             sched.step(1)
-            loss = _dp_mean(torch.stack(losses).mean())  # a host sync, as in the loop
             if gpu:
                 torch.cuda.synchronize()
             if step >= args.warmup:
