@@ -96,17 +96,41 @@ def check_launcher(value: str, allowed: tuple[str, ...]) -> str:
 
 
 @app.command()
-def plan(what: Annotated[str, typer.Argument(help="what to plan: generate")],
+def plan(what: Annotated[str, typer.Argument(help="what to plan: generate | pretrain")],
          measured: Annotated[Path | None, typer.Option(
-             help="a generate run folder (logs/generate/<run>) whose tokens/s to use")] = None,
+             help="generate: a generate run folder (logs/generate/<run>) whose tokens/s to use")] = None,
+         mfu: Annotated[float, typer.Option(
+             min=0.01, max=1.0, help="pretrain: assumed model FLOPs utilisation")] = 0.40,
+         peak_tflops: Annotated[float | None, typer.Option(
+             min=1.0, help="pretrain: dense peak TFLOP/s of one GPU (default: pretrain.peak_tflops, "
+             "else the H100's bf16 989)")] = None,
+         gpu_memory: Annotated[float, typer.Option(
+             min=1.0, help="pretrain: GiB of memory a GPU has")] = 80.0,
+         attention: Annotated[str, typer.Option(
+             help="pretrain: fused (SDPA/Transformer Engine, the GPU default) | unfused (megatron's "
+             "DotProductAttention: stores the s x s matrices)")] = "fused",
+         as_json: Annotated[bool, typer.Option("--json", help="pretrain: one JSON object, no table")] = False,
          params: ParamsOpt = Path("params.yaml"), profiles: ProfilesOpt = Path("configs")) -> None:
-    """Print the scale plan: requests, expected tokens and GPU-hours for the profile."""
+    """Print the scale plan: generate (requests, tokens, GPU-hours of synthetic data) or pretrain
+    (parameters, memory per GPU, tokens/s/GPU, days to the token budget)."""
     from dasi.config import resolve_params
-    from data_gen import plan as stage
 
-    if what != "generate":
-        raise typer.BadParameter(f"can plan: generate (got {what!r})")
-    typer.echo(stage.render(stage.make_plan(resolve_params(params, profiles), measured)))
+    if what == "generate":
+        from data_gen import plan as stage
+
+        typer.echo(stage.render(stage.make_plan(resolve_params(params, profiles), measured)))
+    elif what == "pretrain":
+        from pretrain import plan as stage
+
+        if measured is not None:
+            raise typer.BadParameter("--measured is for `plan generate`")
+        if attention not in ("fused", "unfused"):
+            raise typer.BadParameter(f"--attention: fused or unfused (got {attention!r})")
+        p = stage.make_plan(resolve_params(params, profiles), mfu=mfu, peak=peak_tflops,
+                            gpu_memory_gib=gpu_memory, attention=attention)
+        typer.echo(stage.to_json(p) if as_json else stage.render(p))
+    else:
+        raise typer.BadParameter(f"can plan: generate, pretrain (got {what!r})")
 
 
 @app.command()
