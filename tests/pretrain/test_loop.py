@@ -171,3 +171,22 @@ def test_throughput_and_mfu_are_logged_every_interval(model_cfg, packed, tmp_pat
         assert r["mfu"] == pytest.approx(r["tflops_per_device"] / 1.0)
     (acct,) = _events(log.dir, "throughput_accounting")
     assert acct["peak_tflops"] == 1.0 and acct["peak_source"] == "pretrain.peak_tflops"
+
+
+def test_the_mfu_benchmark_runs_the_loop_pieces_on_cpu():
+    """benchmarks/pretrain_mfu.py stays runnable for the next GPU session: its CPU smoke test."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.pretrain.conftest import ROOT
+
+    out = subprocess.run([sys.executable, "benchmarks/pretrain_mfu.py", "--device", "cpu", "--layers", "2",
+                          "--hidden-size", "64", "--seq-length", "128", "--micro-batch-size", "1",
+                          "--micro-batches", "2", "--steps", "2", "--warmup", "1"],
+                         cwd=ROOT, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["benchmark"] == "pretrain_mfu" and result["mfu"] is None
+    assert result["tokens_per_s_per_gpu"] > 0
+    assert math.isfinite(result["last_loss"])
