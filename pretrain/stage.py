@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,7 +33,8 @@ from pretrain import checkpoint as ckpt
 from pretrain import launch
 from pretrain.config import PretrainConfig
 from pretrain.pack import PackManifest, verify_manifest
-from pretrain.worker import replay, write_job
+from pretrain.signals import SaveRequest
+from pretrain.worker import NODES, replay, replay_nodes, write_job
 
 __all__ = ["PretrainConfig", "run"]
 
@@ -104,7 +106,7 @@ def _drop_stale_temps(checkpoints: Path, log: Any) -> None:
 
 def run(model: ModelConfig, cfg: PretrainConfig, manifest: Path, checkpoints: Path, log: Any | None,
         launcher: str = "local", stop_at: int | None = None, dry_run: bool = False,
-        restart: bool = False) -> dict[str, Any]:
+        restart: bool = False, allow_code_change: bool = False) -> dict[str, Any]:
     """Train, resume or reuse into ``checkpoints``; returns the whole run's summary. ``dry_run``
     only prints the launch command / sbatch script; ``restart`` deletes the checkpoints first."""
     checkpoints = Path(checkpoints)
@@ -121,7 +123,13 @@ def run(model: ModelConfig, cfg: PretrainConfig, manifest: Path, checkpoints: Pa
     parts = fingerprint_parts(model, cfg, verify_manifest(manifest, cfg.verify_data))
     if restart:
         resume.restart(checkpoints, log, checkpoints=saved_checkpoints(checkpoints))
-    resume.check_fingerprint(checkpoints, parts, _held_work(checkpoints), RESTART_HOW)
+    changed = resume.changed_parts(checkpoints, parts)
+    if allow_code_change and changed == ["code"] and _held_work(checkpoints):
+        # the user's explicit choice: a fix to the training code mid-run, the trained state kept
+        log.event("resume_across_code_change", before=resume.read_state(checkpoints)["parts"]["code"],
+                  after=parts["code"])
+    else:
+        resume.check_fingerprint(checkpoints, parts, _held_work(checkpoints), RESTART_HOW)
     latest = ckpt.latest_step(checkpoints)
     if latest and latest > cfg.train_steps:
         raise ConfigError(f"pretrain.train_steps {cfg.train_steps} is below the latest checkpoint's step "
@@ -140,6 +148,8 @@ def run(model: ModelConfig, cfg: PretrainConfig, manifest: Path, checkpoints: Pa
         return _finish(train(model, cfg, manifest, checkpoints, log, stop_at=stop_at), cfg, checkpoints)
     write_job(job, model, cfg, manifest, checkpoints, checkpoints / "records.jsonl", stop_at)
     (checkpoints / "records.jsonl").unlink(missing_ok=True)  # the last launch's, already replayed
+    shutil.rmtree(checkpoints / NODES, ignore_errors=True)  # likewise its nodes' environments
+    SaveRequest(checkpoints).clear()  # a request left by an earlier launch was served by it
     log.event("launch", launcher=kind, world_size=cfg.parallel.world_size)
     if kind == "torchrun":
         # torchrun's temp files go to a private folder that is removed afterwards (short path:
@@ -151,10 +161,23 @@ def run(model: ModelConfig, cfg: PretrainConfig, manifest: Path, checkpoints: Pa
         script = checkpoints / "pretrain.sbatch"
         script.write_text(launch.slurm_script(cfg, job, python=sys.executable))
         job_id, status = launch.submit(script)
-        if status:  # TIMEOUT, preemption, a crash: keep the segment's curves, then stop
-            replay(checkpoints / "records.jsonl", log)
-            raise _job_failed(cfg, checkpoints, job_id, status, log)
-    return _finish(replay(checkpoints / "records.jsonl", log), cfg, checkpoints)
+        # a requeued job (saved on USR1, or preempted) is the same job id, its segments one history
+        state = launch.final_state(job_id, cfg.slurm.poll_seconds,
+                                   lambda now: log.event("slurm_job_state", job_id=job_id, state=now))
+        summary = _replay(checkpoints, log)  # a failed job's curves too
+        steps, target = summary.get("steps") or 0, min(stop_at or cfg.train_steps, cfg.train_steps)
+        done = state == "COMPLETED" or (state == "unknown" and not status)
+        if not done or steps < target:  # TIMEOUT, a crash, or saved on USR1 and not requeued
+            raise _job_failed(cfg, checkpoints, job_id, status, log, state, steps if done else None)
+        return _finish(summary, cfg, checkpoints)
+    return _finish(_replay(checkpoints, log), cfg, checkpoints)
+
+
+def _replay(checkpoints: Path, log: Any) -> dict[str, Any]:
+    """The workers' records (all segments, one history) and node environments into ``log``."""
+    summary = replay(checkpoints / "records.jsonl", log)
+    replay_nodes(checkpoints, log, log.dir / NODES if isinstance(log, RunLog) else None)
+    return summary
 
 
 class SlurmJobFailed(JobFailed):
@@ -162,15 +185,19 @@ class SlurmJobFailed(JobFailed):
 
 
 def _job_failed(cfg: PretrainConfig, checkpoints: Path, job_id: str | None, status: int,
-                log: Any) -> SlurmJobFailed:
-    state = launch.job_state(job_id)
+                log: Any, state: str | None = None, stopped_at: int | None = None) -> SlurmJobFailed:
+    """The error of a job that ended other than COMPLETED, or COMPLETED at ``stopped_at`` short
+    of its steps (saved on USR1, not requeued); ``state`` None: asked of sacct."""
+    state = state or launch.job_state(job_id)
     step = ckpt.latest_step(checkpoints)
     output = launch.SLURM_LOGS / f"{cfg.slurm.job_name}-{job_id}.out"
     log.event("slurm_job_failed", job_id=job_id, state=state, sbatch_exit=status, latest_step=step,
-              slurm_output=str(output))
+              slurm_output=str(output), **({} if stopped_at is None else {"stopped_at": stopped_at}))
     resumes = (f"resubmitting resumes from {checkpoints / ckpt.LATEST} (step {step})" if step
                else "no checkpoint was saved: resubmitting starts from step 0")
-    return SlurmJobFailed(f"slurm job {job_id} ended {state} (sbatch exit {status}; output {output}); "
+    short = "" if stopped_at is None else (f" at step {stopped_at}, short of its steps: saved on a "
+                                           "signal, not requeued (slurm.requeue false or scontrol failed)")
+    return SlurmJobFailed(f"slurm job {job_id} ended {state}{short} (sbatch exit {status}; output {output}); "
                           f"its logs are in the run log; {resumes}")
 
 

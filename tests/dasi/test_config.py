@@ -24,7 +24,7 @@ def test_params_override_profile_key_by_key(tmp_path):
 
 def test_unknown_profile_names_allowed_ones(tmp_path):
     p = write_params(tmp_path, {"profile": "huge"})
-    with pytest.raises(ConfigError, match=r"profile = 'huge': allowed: kormo-10.8b, tiny"):
+    with pytest.raises(ConfigError, match=r"profile = 'huge': allowed: kormo-10.8b, kormo-1b, tiny"):
         resolve_params(p, REPO / "configs")
 
 
@@ -75,7 +75,7 @@ def test_every_profile_validates_every_section(tmp_path):
                 "model": ModelConfig, "pretrain": PretrainConfig, "export": ExportConfig,
                 "sft": SFTConfig, "evaluate": EvaluateConfig, "release": ReleaseConfig,
                 "logging": LoggingConfig}
-    for profile in ("tiny", "kormo-10.8b"):
+    for profile in ("tiny", "kormo-1b", "kormo-10.8b"):
         params = tmp_path / f"{profile}.yaml"
         params.write_text(f"profile: {profile}\n")
         tree = resolve_params(params, REPO / "configs")

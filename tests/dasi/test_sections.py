@@ -31,7 +31,7 @@ def test_writes_every_section_resolved(tmp_path):
     assert "rotary_base" in model  # defaults written out: a changed default is a changed file
 
 
-@pytest.mark.parametrize("profile", ["tiny", "kormo-10.8b"])
+@pytest.mark.parametrize("profile", ["tiny", "kormo-1b", "kormo-10.8b"])
 def test_the_written_sections_do_not_depend_on_string_hashing(tmp_path, profile):
     """A set dumped in its iteration order changes with PYTHONHASHSEED: the config files (DVC
     outputs) and the fingerprints made from them must not."""
@@ -48,7 +48,7 @@ def test_the_written_sections_do_not_depend_on_string_hashing(tmp_path, profile)
 
 
 @pytest.mark.parametrize("text, says", [
-    ("profile: nosuch\n", "profile = 'nosuch': allowed: kormo-10.8b, tiny"),
+    ("profile: nosuch\n", "profile = 'nosuch': allowed: kormo-10.8b, kormo-1b, tiny"),
     ("profile: tiny\ncurate: {foo: 1}\n", "curate.foo: unknown key"),
     ("profile: tiny\ntokenizer: {vocab_size: -5}\n", "tokenizer.vocab_size = -5"),
     ("profile: tiny\npretrain: {train_steps: 0}\n", "pretrain.train_steps = 0"),

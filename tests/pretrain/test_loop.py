@@ -190,3 +190,26 @@ def test_the_mfu_benchmark_runs_the_loop_pieces_on_cpu():
     assert result["benchmark"] == "pretrain_mfu" and result["mfu"] is None
     assert result["tokens_per_s_per_gpu"] > 0
     assert math.isfinite(result["last_loss"])
+
+
+def test_a_code_change_stops_the_resume_unless_allowed(model_cfg, packed, tmp_path):
+    import json
+
+    from dasi.resume import STATE_FILE, FingerprintMismatch
+
+    cfg = small_cfg()
+    with runlog(tmp_path / "a", cfg) as log:
+        run(model_cfg, cfg, packed, tmp_path / "ck", log, stop_at=3)
+    state_file = tmp_path / "ck" / STATE_FILE
+    state = json.loads(state_file.read_text())
+    state["parts"]["code"] = "an older version of the training code"
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(FingerprintMismatch, match="changed: code"):
+        run(model_cfg, cfg, packed, tmp_path / "ck", None)
+    assert ckpt.latest_step(tmp_path / "ck") == 3  # nothing deleted
+    with runlog(tmp_path / "b", cfg) as log:
+        summary = run(model_cfg, cfg, packed, tmp_path / "ck", log, allow_code_change=True)
+    assert summary["steps"] == 6
+    (event,) = _events(log.dir, "resume_across_code_change")
+    assert event["before"] == "an older version of the training code"
+    assert _events(log.dir, "resume")[0]["step"] == 3
