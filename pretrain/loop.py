@@ -235,6 +235,9 @@ def _peak(cfg: PretrainConfig, log: Log, m: ModelConfig) -> float | None:
 def _check_layout(cfg: PretrainConfig) -> None:
     import megatron.core.parallel_state as mpu
 
+    if cfg.overlap_param_gather and not use_distributed_optimizer():
+        raise ConfigError("pretrain.overlap_param_gather: needs megatron's distributed optimizer, which "
+                          "runs on GPU only; set it false here")
     if mpu.get_data_parallel_world_size() != cfg.parallel.data_parallel:
         raise ValueError(f"world size {torch.distributed.get_world_size()} does not give data_parallel "
                          f"{cfg.parallel.data_parallel} at tensor x pipeline x context parallel "
