@@ -59,6 +59,12 @@ class SlurmConfig(StrictModel):
     job_name: str = "dasi-pretrain"
     cpus_per_task: PositiveInt = 16
     extra_sbatch: list[str] = Field(default_factory=list, description="more '#SBATCH' options")
+    requeue: bool = Field(True, description="after a signal-triggered save the job requeues itself "
+                          "(same job id) and resumes; Slurm also requeues it on preemption")
+    signal_seconds: PositiveInt = Field(600, description="USR1 to the batch shell this long before the "
+                                        "time limit: enough for the current step and one save")
+    poll_seconds: PositiveInt = Field(60, description="how often the stage asks Slurm whether a requeued "
+                                      "job has ended")
 
 
 class PretrainConfig(StrictModel):

@@ -6,10 +6,13 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 from pretrain.config import PretrainConfig
+from pretrain.signals import flag_file
 
 Launcher = Literal["local", "torchrun", "slurm"]
 WORKER = "pretrain.worker"
@@ -35,12 +38,18 @@ def torchrun_command(cfg: PretrainConfig, job: Path, python: str = sys.executabl
 
 
 def slurm_script(cfg: PretrainConfig, job: Path, python: str = "python") -> str:
-    """An ``sbatch`` script: one ``torchrun`` per node via ``srun``, rendezvous on the first node."""
+    """An ``sbatch`` script: one ``torchrun`` per node via ``srun``, rendezvous on the first node.
+
+    USR1 (``slurm.signal_seconds`` before the time limit) makes the batch shell write the save
+    request (pretrain.signals); the ranks save at the end of their step and exit 0, and the shell
+    then requeues the job (same job id, ``SLURM_RESTART_COUNT`` + 1), whose next segment resumes
+    from that checkpoint."""
     par, s = cfg.parallel, cfg.slurm
     sbatch = [f"--job-name={s.job_name}", f"--partition={s.partition}", f"--nodes={par.nodes}",
               "--ntasks-per-node=1", f"--gpus-per-node={par.procs_per_node}",
               f"--cpus-per-task={s.cpus_per_task}", f"--time={s.time}", "--exclusive",
-              f"--output={SLURM_LOGS.as_posix()}/%x-%j.out"]
+              f"--output={SLURM_LOGS.as_posix()}/%x-%j.out", "--open-mode=append",
+              "--requeue" if s.requeue else "--no-requeue", f"--signal=B:USR1@{s.signal_seconds}"]
     if s.account:
         sbatch.append(f"--account={s.account}")
     lines = ["#!/bin/bash"] + [f"#SBATCH {o}" for o in sbatch + list(s.extra_sbatch)]
@@ -50,11 +59,29 @@ def slurm_script(cfg: PretrainConfig, job: Path, python: str = "python") -> str:
            '--rdzv-endpoint="$MASTER_ADDR:29500"', '--rdzv-id="$SLURM_JOB_ID"', *worker_args(job)]
     lines += [
         "set -euo pipefail",
+        f"SAVE_REQUEST={shlex.quote(flag_file(Path(job).parent).as_posix())}",
+        "# a requeued job starts here again: the last segment's request was served",
+        'rm -f "$SAVE_REQUEST"',
+        "# USR1 reaches only this shell (B:): the ranks see the flag after their current step",
+        """trap 'echo "dasi: USR1, save requested" >&2; touch "$SAVE_REQUEST"' USR1""",
         'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
         "export MASTER_ADDR CUDA_DEVICE_MAX_CONNECTIONS=1",
         "srun --kill-on-bad-exit=1 " + " ".join(a if a.startswith("--rdzv-") else shlex.quote(a)
-                                               for a in run),
+                                               for a in run) + " &",
+        "SRUN=$!",
+        "# bash's wait returns early when a trapped signal arrives: wait again until srun has ended",
+        "while :; do",
+        '  wait "$SRUN" || true',
+        '  kill -0 "$SRUN" 2>/dev/null || break',
+        "done",
+        'wait "$SRUN" && status=0 || status=$?  # srun\'s exit status, which bash keeps',
     ]
+    if s.requeue:
+        lines += ["# saved on request and exited cleanly: run the next segment under the same job id",
+                  'if [ "$status" -eq 0 ] && [ -e "$SAVE_REQUEST" ]; then',
+                  '  scontrol requeue "$SLURM_JOB_ID"',
+                  "fi"]
+    lines.append('exit "$status"')
     return "\n".join(lines) + "\n"
 
 
@@ -77,6 +104,13 @@ def submit(script: Path) -> tuple[str | None, int]:
     return (first[0].split(";")[0] if first else None), done.returncode
 
 
+# States of a job Slurm still holds, to come back or to end: a requeued job is the same job id,
+# held (REQUEUE_HOLD, SPECIAL_EXIT) until someone releases or cancels it.
+ACTIVE = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "RESIZING",
+                    "SIGNALING", "STAGE_OUT", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "SPECIAL_EXIT",
+                    "RESV_DEL_HOLD"})
+
+
 def job_state(job_id: str | None) -> str:
     """The job's final state as sacct reports it (TIMEOUT, FAILED, CANCELLED by ..., ...), or
     "unknown" when sacct is missing or says nothing."""
@@ -86,3 +120,29 @@ def job_state(job_id: str | None) -> str:
                          text=True)
     first = out.stdout.strip().splitlines()[:1]
     return first[0].strip() if out.returncode == 0 and first else "unknown"
+
+
+def queue_state(job_id: str | None) -> str | None:
+    """The job's state in the controller now (squeue), None once it no longer holds the job. It is
+    asked first: sacct may still name the last segment's end (REQUEUED, PREEMPTED) while the
+    requeued job already waits."""
+    if job_id is None or shutil.which("squeue") is None:
+        return None
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
+    first = out.stdout.strip().splitlines()[:1]
+    return first[0].strip() if out.returncode == 0 and first else None
+
+
+def final_state(job_id: str | None, poll_s: float, on_change: Callable[[str], None],
+                sleep: Callable[[float], None] = time.sleep) -> str:
+    """Wait while the job is pending, running or requeued (``sbatch --wait`` may return when a
+    segment ends); returns the state it ended in. ``on_change`` hears each new state."""
+    last = None
+    while True:
+        state = queue_state(job_id) or job_state(job_id)
+        if state != last:
+            on_change(state)
+            last = state
+        if state.split()[0] not in ACTIVE:
+            return state
+        sleep(poll_s)
