@@ -381,6 +381,21 @@ def logs_plot(run_dirs: Annotated[list[Path], typer.Argument(help="run folders")
         raise typer.BadParameter(str(e)) from None
 
 
+@logs_app.command("report")
+def logs_report(run_dirs: Annotated[list[Path], typer.Argument(help="run folders (logs/<stage>/<run>)")],
+                out: Annotated[Path, typer.Option("-o", "--out", help="HTML file")] = Path("report.html"),
+                metrics_dir: Annotated[Path, typer.Option(
+                    help="data stats and eval.json (with peers)")] = Path("metrics")) -> None:
+    """One self-contained HTML page: curves (runs of a stage overlaid), summaries, data stats, the
+    evaluation table with peers, each run's environment."""
+    from dasi.report import write_report
+
+    try:
+        typer.echo(write_report(run_dirs, out, metrics_dir))
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
 def main() -> None:
     from dasi.determinism import pin_cpu_kernels
     from dasi.integrity import IntegrityError

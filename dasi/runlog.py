@@ -16,6 +16,9 @@ Files in a run folder:
                  git_unavailable, lock_missing, env_differs_from_lock at the start)
   summary.json   final metrics of the run
   wandb/, tb/    optional offline W&B run and TensorBoard events mirroring metrics.jsonl
+
+An ``ok`` run of a plotted stage (pretrain, sft) also writes its curves at fixed paths for
+`dvc plots`: ``plots/<stage>/*.json`` beside the logs folder (dasi/curves.py).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ FORMAT = "dasi.runlog/2"  # /2: outputs.json records the hashing mode, file coun
 
 
 class LoggingConfig(StrictModel):
-    logs_dir: str = "logs"
+    logs_dir: str = "logs"  # pretrain and sft also write curves to plots/ beside it (dasi.curves)
     wandb: bool = True
     wandb_project: str = "dasi"
     tensorboard: bool = True
@@ -210,10 +213,18 @@ class RunLog:
             return
         if self._sigterm is not None:
             signal.signal(signal.SIGTERM, self._sigterm)
+        if exc_type is None:
+            try:
+                self._write_curves()
+                write_json(self.dir / "outputs.json",
+                           {str(p): output_record(p, self.outputs_mode) for p in self.outputs})
+            except BaseException as e:  # recorded as the run's failure, then raised
+                self._close(type(e), e)
+                raise
+        self._close(exc_type, exc)
+
+    def _close(self, exc_type, exc) -> None:
         ok = exc_type is None
-        if ok:
-            write_json(self.dir / "outputs.json",
-                       {str(p): output_record(p, self.outputs_mode) for p in self.outputs})
         self._run.update(
             status="ok" if ok else {KeyboardInterrupt: "interrupted", Terminated: "terminated"}.get(
                 exc_type, "failed"),
@@ -224,6 +235,12 @@ class RunLog:
             self._run["error"] = f"{exc_type.__name__}: {exc}"
         write_json(self.dir / "run.json", self._run)
         self._stop_mirrors(ok)
+
+    def _write_curves(self) -> None:
+        """A plotted stage's curves at the fixed paths `dvc plots` reads (see dasi.curves)."""
+        from dasi.curves import plots_dir, write_curves
+
+        write_curves(self.stage, self.dir, plots_dir(Path(self.logging.logs_dir)))
 
     def hash_outputs(self, mode: VerifyMode) -> None:
         """How outputs.json is computed at the end: ``sha256`` (the default) or ``size``."""

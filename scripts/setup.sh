@@ -29,4 +29,10 @@ else
     .venv/bin/pip uninstall -q -y torchvision torchaudio torchcodec 2>&1 | grep -v "not installed" || true
   fi
 fi
+# Headless Chromium for the HTML report's browser test (tests/dasi/test_report.py): Debian's package,
+# installed only when missing and only as root; elsewhere the test says how to get it.
+if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+    || echo "setup: warning: apt-get could not install chromium (the report's browser test will fail)" >&2
+fi
 .venv/bin/python -c "import torch, megatron.core, transformers, vllm, datatrove; print('dasi env ok: torch', torch.__version__, '| vllm', vllm.__version__)" 2>&1 | grep -v -i "triton"
