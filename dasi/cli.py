@@ -270,6 +270,29 @@ def export(checkpoints: Path = Path("data/checkpoints"), tokenizer_dir: Path = P
                                                 log, manifest=packed), params, profiles)
 
 
+@app.command("import-hf")
+def import_hf(hf_dir: Annotated[Path, typer.Argument(help="HF Llama folder (config.json + safetensors)")],
+              out_dir: Annotated[Path, typer.Argument(help="checkpoint folder to write (must not exist)")],
+              max_logit_diff: Annotated[float, typer.Option(
+                  help="fail when megatron and HF logits differ more")] = 1e-4,
+              parity_tokens: Annotated[int, typer.Option(help="tokens of the parity check")] = 16,
+              params: ParamsOpt = Path("params.yaml"), profiles: ProfilesOpt = Path("configs")) -> None:
+    """HF Llama -> megatron checkpoint (model weights only) for pretrain.init_from, parity-checked."""
+    from dasi.model_config import ModelConfig
+    from dasi.stage import run_stage
+    from pretrain import import_hf as stage
+
+    try:
+        report = run_stage("import-hf", {"model": ModelConfig}, [hf_dir], [out_dir],
+                           lambda model, log: stage.run(model, hf_dir, out_dir, log, max_logit_diff,
+                                                        parity_tokens), params, profiles)
+    except (FileExistsError, stage.ParityError) as e:
+        print(f"dasi: import-hf: {e}", file=sys.stderr)
+        sys.exit(2 if isinstance(e, FileExistsError) else 1)
+    typer.echo(f"import-hf: {hf_dir} -> {out_dir}: max |logit diff| {report['max_abs_logit_diff']:.3g} "
+               f"over {report['parity_tokens']} tokens ({report['dtype']})")
+
+
 @app.command()
 def sft(base: Path = Path("data/hf/base"), tokenizer_dir: Path | None = None,
         extra_chats: Annotated[list[Path] | None, typer.Option(help="extra chats/1 files")] = None,
