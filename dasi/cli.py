@@ -334,24 +334,47 @@ def evaluate_cmd(
 
 
 @app.command()
-def release(base: Path = Path("data/hf/base"), sft_model: Path = Path("data/hf/sft"),
+def release(action: Annotated[str | None, typer.Argument(
+                help="verify: check the release folder FOLDER instead of writing one")] = None,
+            folder: Annotated[Path | None, typer.Argument(help="verify: a release folder")] = None,
+            base: Path = Path("data/hf/base"), sft_model: Path = Path("data/hf/sft"),
             metrics_dir: Path = Path("metrics"), lock: Path = Path("dvc.lock"),
+            generated_manifest: Path = Path("data/generated/_manifest.json"),
+            config_dir: Path = Path("data/config"), dvc_yaml: Path = Path("dvc.yaml"),
             out: Path | None = None, params: ParamsOpt = Path("params.yaml"),
             profiles: ProfilesOpt = Path("configs")) -> None:
-    """Write releases/<profile>/: model card, results, dvc.lock, checksums, model folders."""
+    """Write releases/<profile>/ (model and data cards, metrics, dvc.lock, checksums, model folders);
+    `dasi release verify FOLDER` checks one: every problem on a line of its own, exit 1."""
     from dasi import release as stage
+
+    if action is not None:
+        if action != "verify" or folder is None:
+            print(f"dasi: release: unknown action {action!r}: allowed: verify FOLDER", file=sys.stderr)
+            sys.exit(2)
+        problems = stage.verify(folder)
+        for problem in problems:
+            print(f"{folder}: {problem}", file=sys.stderr)
+        if problems:
+            sys.exit(1)
+        typer.echo(f"release verify: {folder}: ok (checksums, dvc.lock, models load)")
+        return
+
     from dasi.config import resolve_params
     from dasi.model_config import ModelConfig
     from dasi.stage import run_stage
 
-    profile = resolve_params(params, profiles)["profile"]
-    out = out or Path("releases") / profile
-    names = ("curate", "tokenizer", "mix", "pretrain", "export", "sft", "eval")
-    metric_files = [metrics_dir / f"{n}.json" for n in names]
-    run_stage("release", {"release": stage.ReleaseConfig, "model": ModelConfig},
-              [base, sft_model, lock, *metric_files], [out],
-              lambda cfg, model, log: stage.run(cfg, model, profile, {"base": base, "sft": sft_model},
-                                                metric_files, lock, out, log), params, profiles)
+    tree = resolve_params(params, profiles)
+    out = out or Path("releases") / tree["profile"]
+    cmd, deps = stage.stage_definition(dvc_yaml, params)
+    inputs = stage.ReleaseInputs(
+        profile=tree["profile"], description=tree.get("description", ""),
+        models={"base": base, "sft": sft_model},
+        metric_files=[metrics_dir / f"{n}.json" for n in stage.METRICS],
+        lock_file=lock, stage_cmd=cmd, stage_deps=deps, seeds_config=config_dir / "seeds.json",
+        generated_manifest=generated_manifest)
+    reads = [base, sft_model, lock, *inputs.metric_files, config_dir / "seeds.json", generated_manifest]
+    run_stage("release", {"release": stage.ReleaseConfig, "model": ModelConfig}, reads, [out],
+              lambda cfg, model, log: stage.run(cfg, model, inputs, out, log), params, profiles)
 
 
 @app.command("params")
