@@ -36,6 +36,7 @@ class CardInputs:
     generated: dict[str, Any] | None        # data/generated/_manifest.json
     runs: dict[str, dict[str, str] | None]  # stage -> {run_id, matched}
     root: Path = Path(".")                  # where local task files are found
+    init_from: str | None = None            # pretrain.init_from: the weights pretraining started from
 
 
 @dataclass(frozen=True)
@@ -391,6 +392,13 @@ def _training(ci: CardInputs) -> str:
     return "\n".join(lines) or "- (no training metrics)"
 
 
+def languages(ci: CardInputs) -> list[str]:
+    """The natural languages of the training data (the pack mix, else the configured sources)."""
+    langs = [s.get("lang") for s in ci.metrics.get("mix", {}).get("sources", {}).values()] or \
+        [s.get("lang") for s in ci.sources]
+    return sorted({lang for lang in langs if lang and lang != "code"})
+
+
 def model_card(ci: CardInputs) -> str:
     m, n = ci.model, parameter_count(ci.model)
     shape = (f"{m.num_layers} layers, hidden {m.hidden_size}, {m.num_attention_heads} heads / "
@@ -403,15 +411,17 @@ def model_card(ci: CardInputs) -> str:
     terms_en, terms_ko = terms_section(ci)
     lims = limitations(ci)
     described = f" ({ci.description.rstrip('.')})" if ci.description else ""
+    start_en = f"pretraining continued from `{ci.init_from}`" if ci.init_from else "pretrained from scratch"
+    start_ko = f"`{ci.init_from}`에서 이어 사전학습한" if ci.init_from else "처음부터 사전학습한"
     return f"""---
 license: {ci.license}
-language: [ko, en]
+language: [{", ".join(languages(ci))}]
 tags: [dasi, megatron-core, synthetic-data]
 ---
 # {ci.name}
 
 ## English
-**What it is.** A LLaMA-style decoder ({n:,} parameters; {shape}) pretrained from scratch with
+**What it is.** A LLaMA-style decoder ({n:,} parameters; {shape}), {start_en} with
 Megatron-core, then instruction-tuned, by the dasi pipeline, profile `{ci.profile}`{described}.
 `models/base` is the pretrained model, `models/sft` the instruction-tuned one (Hugging Face
 `LlamaForCausalLM` folders). Authors: {ci.authors}.
@@ -450,7 +460,7 @@ then `dasi release verify releases/{ci.profile}`: it checks `SHA256SUMS`, `dvc.l
 released files, and that the models load.
 
 ## 한국어
-**개요.** dasi 파이프라인(프로필 `{ci.profile}`)으로 Megatron-core에서 처음부터 사전학습한 LLaMA 구조
+**개요.** dasi 파이프라인(프로필 `{ci.profile}`)으로 Megatron-core에서 {start_ko} LLaMA 구조
 디코더(매개변수 {n:,}개)와 이를 지시 학습한 모델입니다. `models/base`는 사전학습 모델, `models/sft`는
 지시 학습 모델이며 둘 다 Hugging Face `LlamaForCausalLM` 형식입니다.
 

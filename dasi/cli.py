@@ -371,8 +371,9 @@ def release(action: Annotated[str | None, typer.Argument(
         models={"base": base, "sft": sft_model},
         metric_files=[metrics_dir / f"{n}.json" for n in stage.METRICS],
         lock_file=lock, stage_cmd=cmd, stage_deps=deps, seeds_config=config_dir / "seeds.json",
-        generated_manifest=generated_manifest)
-    reads = [base, sft_model, lock, *inputs.metric_files, config_dir / "seeds.json", generated_manifest]
+        generated_manifest=generated_manifest, pretrain_config=config_dir / "pretrain.json")
+    reads = [base, sft_model, lock, *inputs.metric_files, config_dir / "seeds.json",
+             config_dir / "pretrain.json", generated_manifest]
     run_stage("release", {"release": stage.ReleaseConfig, "model": ModelConfig}, reads, [out],
               lambda cfg, model, log: stage.run(cfg, model, inputs, out, log), params, profiles)
 

@@ -63,6 +63,7 @@ class ReleaseInputs:
     description: str = ""
     seeds_config: Path | None = None        # data/config/seeds.json: the sources as configured
     generated_manifest: Path | None = None  # data/generated/_manifest.json: the synthetic set
+    pretrain_config: Path | None = None     # data/config/pretrain.json: where pretraining started
     root: Path = Path(".")
 
 
@@ -236,9 +237,10 @@ def _read_optional(path: Path | None) -> Any:
     return json.loads(Path(path).read_text()) if path and Path(path).is_file() else None
 
 
-def _seed_sources(seeds_config: Path | None) -> list[dict[str, Any]]:
-    data = _read_optional(seeds_config) or {}
-    return list(data.get("config", data).get("sources", []))
+def _section(path: Path | None) -> dict[str, Any]:
+    """A resolved section (data/config/<section>.json: ``{"config": {...}}``), {} if absent."""
+    data = _read_optional(path) or {}
+    return data.get("config", data)
 
 
 def _own_run(run_dir: Path) -> tuple[dict[str, str | None], str]:
@@ -276,10 +278,11 @@ def run(cfg: ReleaseConfig, model: ModelConfig, inputs: ReleaseInputs, out_dir: 
     runs = stage_runs(Path(log.dir).parent.parent, lock["stages"], *_own_run(Path(log.dir)))
     manifest = {"format": FORMAT, "name": cfg.name, "profile": inputs.profile,
                 "parameters": parameter_count(model), "sources": sources, "runs": runs}
-    card_inputs = CardInputs(cfg.name, cfg.license, cfg.authors, inputs.profile, inputs.description, model,
-                             metrics, _seed_sources(inputs.seeds_config),
-                             _read_optional(root / inputs.generated_manifest if inputs.generated_manifest
-                                            else None), runs, root)
+    card_inputs = CardInputs(
+        cfg.name, cfg.license, cfg.authors, inputs.profile, inputs.description, model, metrics,
+        list(_section(inputs.seeds_config and root / inputs.seeds_config).get("sources", [])),
+        _read_optional(inputs.generated_manifest and root / inputs.generated_manifest), runs, root,
+        _section(inputs.pretrain_config and root / inputs.pretrain_config).get("init_from"))
     (out_dir / "results.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     (out_dir / "release.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     (out_dir / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False, allow_unicode=True))

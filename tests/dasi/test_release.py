@@ -31,7 +31,8 @@ COPA = {"name": "copa_ko_mini", "source": "local", "format": "kobest_copa",
         "local_file": "evals/data/copa_ko_mini.jsonl",
         "origin": "32 hand-written items in KoBEST COPA format"}
 RELEASE_DEPS = ["data/hf/base", "data/hf/sft", *(f"metrics/{m}.json" for m in METRICS),
-                "data/config/seeds.json", "data/generated/_manifest.json", "evals/data"]
+                "data/config/seeds.json", "data/config/pretrain.json", "data/generated/_manifest.json",
+                "evals/data"]
 
 
 def fake_metrics() -> dict[str, dict]:
@@ -105,6 +106,7 @@ def write_repo(root: Path, model: Path) -> None:
         (root / "metrics" / f"{stem}.json").write_text(json.dumps(data, indent=2) + "\n")
     (root / "data/config").mkdir(parents=True)
     (root / "data/config/seeds.json").write_text(json.dumps(SEEDS))
+    (root / "data/config/pretrain.json").write_text(json.dumps({"config": {"init_from": None}}))
     (root / "data/generated").mkdir()
     (root / "data/generated/_manifest.json").write_text(json.dumps(GENERATED))
     (root / "evals/data").mkdir(parents=True)
@@ -113,7 +115,7 @@ def write_repo(root: Path, model: Path) -> None:
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"release": {
         "cmd": "dasi release --base data/hf/base\n  --out releases/${profile}", "deps": RELEASE_DEPS}}}))
     os.chdir(root)
-    outs = {"config": ["data/config/seeds.json"], "generate": ["data/generated"],
+    outs = {"config": ["data/config/seeds.json", "data/config/pretrain.json"], "generate": ["data/generated"],
             "curate": ["metrics/curate.json"], "sft-data": ["metrics/sft_data.json"],
             "tokenizer": ["metrics/tokenizer.json"], "pack": ["metrics/mix.json"],
             "pretrain": ["metrics/pretrain.json"], "export": ["data/hf/base", "metrics/export.json"],
@@ -145,7 +147,8 @@ def release(tmp_path_factory, tiny_model) -> Path:
             "base": Path("data/hf/base"), "sft": Path("data/hf/sft")},
             metric_files=[Path(f"metrics/{m}.json") for m in METRICS], lock_file=Path("dvc.lock"),
             stage_cmd=cmd, stage_deps=deps, seeds_config=Path("data/config/seeds.json"),
-            generated_manifest=Path("data/generated/_manifest.json"))
+            generated_manifest=Path("data/generated/_manifest.json"),
+            pretrain_config=Path("data/config/pretrain.json"))
         logging = LoggingConfig(logs_dir="logs", wandb=False, tensorboard=False)
         with RunLog("release", {}, [Path(d) for d in RELEASE_DEPS[:-1]], [Path("releases/tiny")],
                     logging) as log:
@@ -200,6 +203,7 @@ def test_the_release_lock_is_the_final_one(release):
 def test_the_cards_are_written_from_the_data(release):
     card = (release / "README.md").read_text()
     assert "## English" in card and "## 한국어" in card
+    assert "language: [ko]" in card and "), pretrained from scratch with" in card
     assert "kobest_copa_local" not in card
     assert "**copa_ko_mini**: local items `evals/data/copa_ko_mini.jsonl`" in card
     assert ("| smollm2-135m-instruct | peer | 0.594 | 0.089 | 0.550 | 32 | "
@@ -254,6 +258,16 @@ def test_two_metric_sets_give_different_correct_limitations():
     assert [line.ko for line in limitations(big)][1] == (
         "kobest_hellaswag, base: acc 0.620(± 0.022, 500문항)는 무작위 기준선(0.25)보다 표준오차 17.1배만큼 "
         "높습니다.")
+
+
+def test_the_card_says_where_pretraining_started():
+    from dasi.card import model_card
+
+    assert "pretrained from scratch" in model_card(card_inputs(TINY, {}))
+    card = model_card(CardInputs("x", "Apache-2.0", "a", "p", "", TINY, {}, [], None, {}, REPO,
+                                 init_from="data/imported/smollm2"))
+    assert "pretraining continued from `data/imported/smollm2`" in card and "from scratch" not in card
+    assert "`data/imported/smollm2`에서 이어 사전학습한" in card
 
 
 def test_stage_runs_match_outputs_then_time(tmp_path):
