@@ -103,7 +103,7 @@ def stage_definition(dvc_yaml: Path, params_file: Path, name: str = "release") -
             raise ValueError(f"dvc.yaml: stage {name} uses ${{{m.group(1)}}}, which params.yaml does not set")
         return str(params[m.group(1)])
 
-    cmd = re.sub(r"\$\{\s*([A-Za-z0-9_]+)\s*\}", fill, " ".join(stage["cmd"].split()))
+    cmd = re.sub(r"\$\{\s*([A-Za-z0-9_]+)\s*\}", fill, stage["cmd"])  # verbatim otherwise, as DVC keeps it
     deps = [d if isinstance(d, str) else next(iter(d)) for d in stage.get("deps", [])]
     return cmd, deps
 

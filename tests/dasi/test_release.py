@@ -113,7 +113,7 @@ def write_repo(root: Path, model: Path) -> None:
     shutil.copy(REPO / "evals/data/copa_ko_mini.jsonl", root / "evals/data")
     (root / "params.yaml").write_text("profile: tiny\nrelease: {}\n")
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"release": {
-        "cmd": "dasi release --base data/hf/base\n  --out releases/${profile}", "deps": RELEASE_DEPS}}}))
+        "cmd": "dasi release --base data/hf/base --out releases/${profile}", "deps": RELEASE_DEPS}}}))
     os.chdir(root)
     outs = {"config": ["data/config/seeds.json", "data/config/pretrain.json"], "generate": ["data/generated"],
             "curate": ["metrics/curate.json"], "sft-data": ["metrics/sft_data.json"],
