@@ -399,6 +399,12 @@ def languages(ci: CardInputs) -> list[str]:
     return sorted({lang for lang in langs if lang and lang != "code"})
 
 
+def _results_lead(ci: CardInputs) -> str:
+    peers = [n for n, _ in _peers(ci.metrics.get("eval", {}))]
+    return (f"Our models and the peer models ({', '.join(peers)}) on the same items and held-out text."
+            if peers else "Our models; no peer model was evaluated in this profile.")
+
+
 def model_card(ci: CardInputs) -> str:
     m, n = ci.model, parameter_count(ci.model)
     shape = (f"{m.num_layers} layers, hidden {m.hidden_size}, {m.num_attention_heads} heads / "
@@ -440,7 +446,7 @@ The data card (`DATA_CARD.md`) has the curated, synthetic, SFT and pretraining-m
 **Training.**
 {_training(ci)}
 
-**Results.** Our models and the peer models on the same items and held-out text.
+**Results.** {_results_lead(ci)}
 
 {results_tables(ci.metrics.get("eval", {}), ci.root)}
 

@@ -203,6 +203,7 @@ def test_the_release_lock_is_the_final_one(release):
 def test_the_cards_are_written_from_the_data(release):
     card = (release / "README.md").read_text()
     assert "## English" in card and "## 한국어" in card
+    assert "Our models and the peer models (smollm2-135m-instruct) on the same items" in card
     assert "language: [ko]" in card and "), pretrained from scratch with" in card
     assert "kobest_copa_local" not in card
     assert "**copa_ko_mini**: local items `evals/data/copa_ko_mini.jsonl`" in card
