@@ -3,7 +3,7 @@ an index of 64-bit hashes; a training document sharing any gram with an item is 
 
 Text is normalized before splitting into words: NFKC, case folded, punctuation and symbols replaced
 by spaces. An item shorter than ``n`` words contributes its whole word sequence as one gram if it
-has at least ``min_words`` words (kobest_copa items are 8-15 words); shorter items are not indexed,
+has at least ``min_words`` words (copa_ko_mini's items are 8-15 words); shorter items are not indexed,
 since a match on a few common words would say nothing.
 """
 
@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from evals.harness import TaskSpec
 
 INDEX_FORMAT = "ngram-index/2"
-# The fields that make an item's text, per local task; a local task not listed here is an error.
+# The fields that make an item's text, per lm-eval format a local task follows (TaskSpec.format);
+# a local task whose format is not listed here is an error.
 ITEM_FIELDS = {"kobest_copa": ("premise", "alternative_1", "alternative_2")}
 _NOT_WORD = re.compile(r"[^\w\s]|_")
 
@@ -185,12 +186,14 @@ def evaluation_items(tasks: Iterable[TaskSpec]) -> Iterator[tuple[str, str]]:
     for task in tasks:
         if task.source != "local":
             continue
-        if task.name not in ITEM_FIELDS:
-            raise ValueError(f"decontam: no item fields known for local task {task.name}")
+        fields = ITEM_FIELDS.get(task.format or task.name)
+        if fields is None:
+            raise ValueError(f"decontam: no item fields known for local task {task.name} "
+                             f"(format {task.format})")
         lines = Path(task.local_file or "").read_text(encoding="utf-8").splitlines()
         for i, line in enumerate(ln for ln in lines if ln.strip()):
             row = json.loads(line)
-            yield f"{task.name}/{i}", " ".join(str(row[f]) for f in ITEM_FIELDS[task.name])
+            yield f"{task.name}/{i}", " ".join(str(row[f]) for f in fields)
 
 
 class DecontaminationFilter(SourceFilter):

@@ -87,7 +87,8 @@ def curated(tmp_path_factory, natural_docs):
     write_generated(root / "gen", {"t/shard-00000.parquet": [dict(r, completion=r["text"]) for r in rows_a]})
     task_file = root / "copa.jsonl"
     task_file.write_text(json.dumps(ITEM, ensure_ascii=False) + "\n", encoding="utf-8")
-    tasks = [TaskSpec(name="kobest_copa", source="local", local_file=str(task_file))]
+    tasks = [TaskSpec(name="copa_ko_mini", source="local", format="kobest_copa", origin="test item",
+                      local_file=str(task_file))]
     from dasi.runlog import LoggingConfig, RunLog
 
     out, stats_file = root / "curated", root / "curate.json"
@@ -144,7 +145,8 @@ def test_minhash_removes_a_near_duplicate_from_another_task(curated):
 def test_decontamination_removes_a_planted_evaluation_item(curated):
     report = [json.loads(x) for x in
               (curated["out"] / "reports" / "decontamination.jsonl").read_text().splitlines()]
-    assert {"doc_id": "syn-contaminated", "source": "synthetic_en", "matched_item": "kobest_copa/0"} in report
+    assert {"doc_id": "syn-contaminated", "source": "synthetic_en",
+            "matched_item": "copa_ko_mini/0"} in report
     kept = {d["doc_id"] for d in iter_docs(curated["out"], columns=["doc_id"])}
     assert "syn-contaminated" not in kept
     assert curated["stats"]["removed_by_filter"]["decontaminated"]["synthetic_en"]["documents"] >= 1

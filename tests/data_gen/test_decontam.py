@@ -35,15 +35,16 @@ def test_normalized_words():
 
 def test_evaluation_items_of_the_local_copa_task(copa_items):
     assert len(copa_items) == 32
-    assert copa_items[0] == ("kobest_copa/0", "비가 많이 내렸다. 길이 물에 잠겼다. 하늘이 맑아졌다.")
+    assert copa_items[0] == ("copa_ko_mini/0", "비가 많이 내렸다. 길이 물에 잠겼다. 하늘이 맑아졌다.")
     assert unindexed_tasks(DEFAULT_TASKS) == []
 
 
 def test_hub_tasks_are_reported_not_silently_skipped():
     tasks = [TaskSpec(name="kobest_hellaswag"), *DEFAULT_TASKS]
     assert unindexed_tasks(tasks) == ["kobest_hellaswag"]
-    with pytest.raises(ValueError, match="kobest_wic"):
-        list(evaluation_items([TaskSpec(name="kobest_wic", source="local", local_file="x.jsonl")]))
+    with pytest.raises(ValueError, match="wic_ko_mini"):
+        list(evaluation_items([TaskSpec(name="wic_ko_mini", source="local", format="kobest_wic",
+                                        origin="test items", local_file="x.jsonl")]))
 
 
 def test_long_items_give_every_ngram_short_items_one_gram_tiny_items_none():

@@ -41,7 +41,7 @@ def test_no_hits_on_real_korean_seed_texts(corpus):
 
 def test_no_hits_on_evaluation_items():
     _, terms = load_terms(TERMS_FILE)
-    for line in (REPO / "evals/data/kobest_copa_local.jsonl").read_text(encoding="utf-8").splitlines():
+    for line in (REPO / "evals/data/copa_ko_mini.jsonl").read_text(encoding="utf-8").splitlines():
         assert spam_hits(" ".join(str(v) for v in json.loads(line).values()), terms) == 0
 
 
