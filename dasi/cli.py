@@ -297,16 +297,27 @@ def import_hf(hf_dir: Annotated[Path, typer.Argument(help="HF Llama folder (conf
 def sft(base: Path = Path("data/hf/base"), tokenizer_dir: Path | None = None,
         extra_chats: Annotated[list[Path] | None, typer.Option(help="extra chats/1 files")] = None,
         out: Path = Path("data/hf/sft"), metrics: Path = Path("metrics/sft.json"),
+        launcher: Annotated[str | None, typer.Option(
+            help="local | torchrun | slurm (default: params.yaml / profile; one rank: in-process)")] = None,
+        dry_run: Annotated[bool, typer.Option(
+            help="print the launch command / sbatch script, train nothing")] = False,
         params: ParamsOpt = Path("params.yaml"), profiles: ProfilesOpt = Path("configs")) -> None:
-    """Instruction-tune an HF model folder on the seed (+ teacher) bilingual chats."""
-    from dasi.stage import run_stage
-    from instruct import sft as stage
+    """Instruction-tune an HF model folder on the seed (+ teacher) bilingual chats (sft.parallel ranks)."""
+    from dasi.config import resolve_params
+    from dasi.stage import load_sections, run_stage
+    from instruct import stage
 
+    chosen = check_launcher(launcher or resolve_params(params, profiles)["launcher"],
+                            ("local", "torchrun", "slurm"))
+    if dry_run:  # nothing runs, so nothing is logged
+        cfgs, logging, _ = load_sections({"sft": stage.SFTConfig}, params, profiles)
+        typer.echo(stage.dry_run(cfgs["sft"], Path(logging.logs_dir), chosen))
+        return
     extra = list(extra_chats or [])
     inputs = [base, stage.SEED_FILE, *extra] + ([tokenizer_dir] if tokenizer_dir else [])
     run_stage("sft", {"sft": stage.SFTConfig}, inputs, [out, metrics],
-              lambda cfg, log: stage.run(cfg, base, tokenizer_dir, extra, out, metrics, log),
-              params, profiles)
+              lambda cfg, log: stage.run(cfg, base, tokenizer_dir, extra, out, metrics, log, launcher=chosen),
+              params, profiles)  # a failed torchrun / Slurm job: JobFailed, exit 6 (main)
 
 
 @app.command("evaluate")

@@ -1,56 +1,37 @@
-"""The ``sft`` stage: instruction-tune a Hugging Face causal LM folder on bilingual chats.
+"""One process's part of the ``sft`` stage: instruction-tune a Hugging Face causal LM folder on
+bilingual chats.
 
 Engine: TRL ``SFTTrainer`` with ``assistant_only_loss`` (the chat template marks assistant
-content with ``{% generation %}``, so labels are -100 on every other token). It runs on CPU here
-and, unchanged, under torchrun/FSDP on GPU nodes. Held-out chat loss (token-weighted mean NLL over
-assistant tokens, overall and per language) is measured before and after training with one
-function, so the two numbers are comparable.
+content with ``{% generation %}``, so labels are -100 on every other token). :func:`train` is the
+whole stage in one process (the tiny profile) and each rank's work under torchrun / Slurm
+(:mod:`instruct.stage` launches, :mod:`instruct.worker` runs a rank): the Trainer reads the
+distributed environment itself and shards with FSDP on GPUs. Held-out chat loss (token-weighted
+mean NLL over assistant tokens, overall and per language) is measured before and after training
+with one function, on the model where the Trainer placed it, so the two numbers are comparable.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, get_args
 
 import torch
-from pydantic import Field
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TrainerCallback
 
 from dasi.atomic import atomic_path, write_json
 from dasi.hf_save import save_tokenizer
-from dasi.runlog import RunLog
-from dasi.strict import StrictModel
 from instruct.chats import SEED_FILE, Chat, read_chats, split_heldout
+from instruct.config import SHARDINGS, SFTConfig
+
+__all__ = ["SEED_FILE", "SFTConfig", "build_trainer", "heldout_loss", "load_chats", "train"]
 
 END_OF_TURN = "<|end|>"
-
-
-class SFTConfig(StrictModel):
-    seed: int = 0
-    full_determinism: bool = Field(False, description="torch deterministic algorithms (30x slower on "
-                                   "CPU; seeded runs are already bit-identical there)")
-    use_seed_chats: bool = Field(True, description="include instruct/data/seed_chats.jsonl")
-    heldout_fraction: float = Field(0.2, ge=0, lt=1)
-    max_length: int = Field(256, gt=8, description="tokens per chat; longer chats are truncated")
-    epochs: float = Field(3.0, gt=0)
-    max_steps: int = Field(-1, description="> 0 overrides epochs")
-    batch_size: int = Field(8, gt=0, description="per device")
-    grad_accum: int = Field(1, gt=0)
-    learning_rate: float = Field(1e-3, gt=0)
-    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
-    warmup: float = Field(0.0, ge=0, description="steps (>= 1) or a fraction of all steps (< 1)")
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    activation_checkpointing: bool = False
-    fsdp: str = Field("", description="TrainingArguments.fsdp, e.g. 'full_shard auto_wrap'")
-    fsdp_wrap_layer: str | None = Field(None, description="e.g. LlamaDecoderLayer")
-    eval_batch_size: int = Field(8, gt=0)
-    logging_steps: int = Field(1, gt=0)
+LANGS = get_args(Chat.model_fields["lang"].annotation)
 
 
 def load_chats(cfg: SFTConfig, extra: list[Path]) -> list[Chat]:
@@ -69,30 +50,61 @@ def _rows(chats: list[Chat]) -> list[dict[str, Any]]:
     return [{"id": c.id, "lang": c.lang, "messages": c.as_messages()} for c in chats]
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model`` computes. We load on CPU; the Trainer then moves the model to the GPU (or
+    FSDP shards it there), so inputs built on the CPU must follow it."""
+    return next(model.parameters()).device
+
+
+def _rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 @torch.no_grad()
 def heldout_loss(model: torch.nn.Module, examples: list[dict[str, Any]], collator: Any,
                  batch_size: int) -> dict[str, float]:
-    """Token-weighted mean NLL of the labelled (assistant) tokens: overall and per ``lang``."""
+    """Token-weighted mean NLL of the labelled (assistant) tokens: overall and per ``lang``.
+
+    With several ranks each scores every world-th example and the sums are all-reduced, so every
+    rank returns the same figures. Every rank runs the same number of forwards (a rank short of
+    examples scores one again and drops it): under FSDP a forward is a collective."""
+    rank, world = _rank_world()
+    device = model_device(model)
+    was_training = model.training
     model.eval()
+    mine = examples[rank::world]
+    batches = math.ceil(math.ceil(len(examples) / world) / batch_size)
     nll: dict[str, float] = {}
     count: dict[str, int] = {}
-    for i in range(0, len(examples), batch_size):
-        chunk = examples[i:i + batch_size]
-        batch = collator([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in chunk])
+    for b in range(batches):
+        chunk = mine[b * batch_size:(b + 1) * batch_size]
+        rows = chunk or examples[:1]
+        batch = collator([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in rows])
+        batch = {k: v.to(device) for k, v in batch.items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                        use_cache=False).logits
         labels = batch["labels"][:, 1:]
         per_tok = torch.nn.functional.cross_entropy(
             logits[:, :-1].float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
-        for e, row, lab in zip(chunk, per_tok, labels, strict=True):
+        for e, row, lab in zip(chunk, per_tok, labels, strict=False):  # none for a padding forward
             for key in ("all", e["lang"]):
                 nll[key] = nll.get(key, 0.0) + row.sum().item()
                 count[key] = count.get(key, 0) + int((lab != -100).sum())
+    model.train(was_training)
+    if world > 1:
+        keys = ("all", *LANGS)
+        sums = torch.tensor([[nll.get(k, 0.0), count.get(k, 0)] for k in keys], dtype=torch.float64,
+                            device=device)
+        torch.distributed.all_reduce(sums)
+        nll = {k: s[0].item() for k, s in zip(keys, sums, strict=True)}
+        count = {k: int(s[1].item()) for k, s in zip(keys, sums, strict=True)}
     return {k: nll[k] / count[k] for k in sorted(nll) if count[k]}
 
 
 class _MirrorToRunLog(TrainerCallback):
-    def __init__(self, log: RunLog) -> None:
+    def __init__(self, log: Any) -> None:
         self.log = log
 
     def on_log(self, args, state, control, logs=None, **kwargs) -> None:  # noqa: ANN001
@@ -100,10 +112,44 @@ class _MirrorToRunLog(TrainerCallback):
             self.log.log({f"train/{k}": v for k, v in logs.items()}, step=state.global_step)
 
 
+class _HeldoutAtStart(TrainerCallback):
+    """The held-out loss before the first step, on the model as the Trainer prepared it (on its
+    device, FSDP-wrapped when sharded): the same placement as the loss after training."""
+
+    def __init__(self, examples: list[dict[str, Any]], collator: Any, batch_size: int, log: Any) -> None:
+        self.examples, self.collator, self.batch_size, self.log = examples, collator, batch_size, log
+        self.losses: dict[str, float] = {}
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs) -> None:  # noqa: ANN001
+        self.losses = heldout_loss(model, self.examples, self.collator, self.batch_size)
+        self.log.log({f"heldout_loss/{k}": v for k, v in self.losses.items()}, step=0)
+
+
+def fsdp_options(cfg: SFTConfig) -> tuple[bool, dict[str, Any] | None, bool]:
+    """``sft.fsdp`` words as TrainingArguments' (fsdp, fsdp_config, gradient_checkpointing).
+
+    transformers deprecates the string form; this is its FSDP2 equivalent. With FSDP the
+    activations are checkpointed by FSDP (transformers refuses both kinds at once), and the
+    full state dict is gathered for saving, so the saved folder is an ordinary HF model."""
+    words = cfg.fsdp.split()
+    if not words:
+        return False, None, cfg.activation_checkpointing
+    config: dict[str, Any] = {"version": 2, "reshard_after_forward": "full_shard" in words,
+                              "state_dict_type": "FULL_STATE_DICT"}
+    assert sum(w in SHARDINGS for w in words) == 1  # SFTConfig checked it
+    if "offload" in words:
+        config["cpu_offload"] = True
+    if cfg.fsdp_wrap_layer:
+        config["transformer_layer_cls_to_wrap"] = [cfg.fsdp_wrap_layer]
+    if cfg.activation_checkpointing:
+        config["activation_checkpointing"] = True
+    return True, config, False
+
+
 def _trainer_args(cfg: SFTConfig, workdir: Path) -> Any:
     from trl import SFTConfig as TRLConfig
 
-    fsdp_config = {"transformer_layer_cls_to_wrap": [cfg.fsdp_wrap_layer]} if cfg.fsdp_wrap_layer else None
+    fsdp, fsdp_config, grad_ckpt = fsdp_options(cfg)
     return TRLConfig(
         output_dir=str(workdir), report_to="none", save_strategy="no", eval_strategy="no",
         logging_strategy="steps", logging_steps=cfg.logging_steps, disable_tqdm=True,
@@ -114,9 +160,9 @@ def _trainer_args(cfg: SFTConfig, workdir: Path) -> Any:
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
         bf16=cfg.dtype == "bfloat16",
-        fsdp=cfg.fsdp, fsdp_config=fsdp_config, use_cpu=not torch.cuda.is_available(),
+        fsdp=fsdp, fsdp_config=fsdp_config, use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
-        gradient_checkpointing=cfg.activation_checkpointing,
+        gradient_checkpointing=grad_ckpt,
     )
 
 
@@ -141,9 +187,40 @@ def _generation_config(tok: Any) -> GenerationConfig:
                             eos_token_id=[i for i in dict.fromkeys(eos) if i is not None])
 
 
-def run(cfg: SFTConfig, base: Path, tokenizer_dir: Path | None, extra_chats: list[Path],
-        out: Path, metrics_path: Path, log: RunLog) -> dict[str, Any]:
-    """Train, save the tuned model folder to ``out`` atomically, write ``metrics_path``."""
+def _log_setup(cfg: SFTConfig, trainer: Any, log: Any) -> None:
+    """How the Trainer runs: ranks, engine, device; and, when FSDP was asked for but the
+    accelerator does not shard (accelerate applies FSDP only on GPU-type devices; on CPU it runs
+    DDP over gloo), that it trained data parallel instead."""
+    args = trainer.args
+    engine = "fsdp" if trainer.is_fsdp_enabled else ("ddp" if args.world_size > 1 else "single")
+    log.event("trainer_setup", world_size=args.world_size, engine=engine, device=str(args.device),
+              distributed_type=trainer.accelerator.distributed_type.value,
+              global_batch=args.per_device_train_batch_size * args.gradient_accumulation_steps
+              * args.world_size)
+    if cfg.fsdp and not trainer.is_fsdp_enabled:
+        log.event("fsdp_not_applied", fsdp=cfg.fsdp, engine=engine,
+                  reason=f"accelerate runs {trainer.accelerator.distributed_type.value} on {args.device}: "
+                         "its FSDP plugin is taken only on GPU-type devices")
+
+
+def _save(trainer: Any, tok: Any, out: Path, sidecar: dict[str, Any], scratch: Path) -> None:
+    """The tuned model folder, written by the main process. Every rank calls ``save_model``: under
+    FSDP it gathers the full weights from all of them; the other ranks write nothing (their path
+    is their own scratch)."""
+    if not trainer.is_world_process_zero():
+        trainer.save_model(str(scratch / "not-written"))
+        return
+    with atomic_path(out) as tmp:
+        trainer.save_model(str(tmp))
+        save_tokenizer(tok, tmp)
+        (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle naming the scratch dir
+        (tmp / "dasi_sft.json").write_text(json.dumps(sidecar, indent=1) + "\n")
+
+
+def train(cfg: SFTConfig, base: Path, tokenizer_dir: Path | None, extra_chats: list[Path],
+          out: Path, metrics_path: Path, log: Any) -> dict[str, Any]:
+    """Train; the main process saves the tuned model folder to ``out`` atomically and writes
+    ``metrics_path``. Every rank returns the metrics (they are all-reduced)."""
     t0 = time.time()
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir or base))
     if not tok.chat_template or "generation" not in tok.chat_template:
@@ -157,28 +234,28 @@ def run(cfg: SFTConfig, base: Path, tokenizer_dir: Path | None, extra_chats: lis
     if cfg.max_length > getattr(model.config, "max_position_embeddings", cfg.max_length):
         log.event("warning", message=f"sft.max_length {cfg.max_length} exceeds the model's "
                   f"max_position_embeddings {model.config.max_position_embeddings}")
-    train, heldout = split_heldout(load_chats(cfg, extra_chats), cfg.heldout_fraction)
-    log.event("chats", train=len(train), heldout=len(heldout),
-              train_ko=sum(c.lang == "ko" for c in train), train_en=sum(c.lang == "en" for c in train))
+    train_chats, heldout = split_heldout(load_chats(cfg, extra_chats), cfg.heldout_fraction)
+    log.event("chats", train=len(train_chats), heldout=len(heldout),
+              train_ko=sum(c.lang == "ko" for c in train_chats),
+              train_en=sum(c.lang == "en" for c in train_chats))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f".{Path(out).name}.trainer-", dir=Path(out).parent))
     try:
-        trainer = build_trainer(cfg, model, tok, train, heldout, workdir, [_MirrorToRunLog(log)])
+        trainer = build_trainer(cfg, model, tok, train_chats, heldout, workdir, [_MirrorToRunLog(log)])
         held = list(trainer.eval_dataset) if heldout else []
-        before = heldout_loss(trainer.model, held, trainer.data_collator, cfg.eval_batch_size) if held else {}
-        log.log({f"heldout_loss/{k}": v for k, v in before.items()}, step=0)
+        start = _HeldoutAtStart(held, trainer.data_collator, cfg.eval_batch_size, log)
+        if held:
+            trainer.add_callback(start)
+        _log_setup(cfg, trainer, log)
         result = trainer.train()
+        before = start.losses
         after = heldout_loss(trainer.model, held, trainer.data_collator, cfg.eval_batch_size) if held else {}
         log.log({f"heldout_loss/{k}": v for k, v in after.items()}, step=trainer.state.global_step)
         trainer.model.generation_config = _generation_config(tok)
         trainer.model.config.use_cache = True  # the trainer turns it off for training
-        with atomic_path(Path(out)) as tmp:
-            trainer.save_model(str(tmp))
-            save_tokenizer(tok, tmp)
-            (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle naming the scratch dir
-            (tmp / "dasi_sft.json").write_text(json.dumps({
-                "base": str(base), "seed": cfg.seed, "train_chats": [c.id for c in train],
-                "heldout_chats": [c.id for c in heldout]}, indent=1) + "\n")
+        _save(trainer, tok, Path(out), {"base": str(base), "seed": cfg.seed,
+                                        "train_chats": [c.id for c in train_chats],
+                                        "heldout_chats": [c.id for c in heldout]}, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -188,11 +265,12 @@ def run(cfg: SFTConfig, base: Path, tokenizer_dir: Path | None, extra_chats: lis
         **{f"heldout_loss_before_{k}": v for k, v in before.items() if k != "all"},
         **{f"heldout_loss_after_{k}": v for k, v in after.items() if k != "all"},
         "train_loss": result.training_loss, "steps": trainer.state.global_step,
-        "train_chats": len(train), "heldout_chats": len(heldout),
+        "train_chats": len(train_chats), "heldout_chats": len(heldout),
         "train_tokens": int(sum(sum(1 for x in e["labels"] if x != -100) for e in trainer.train_dataset)),
     }
     # The metrics file is a DVC output hashed into dvc.lock and the release, so it holds only
     # what the same inputs reproduce; the wall time goes to the run log.
-    write_json(Path(metrics_path), metrics)
+    if trainer.is_world_process_zero():
+        write_json(Path(metrics_path), metrics)
     log.summary({**metrics, "wall_s": round(time.time() - t0, 2)})
     return metrics

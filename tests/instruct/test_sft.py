@@ -10,7 +10,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dasi.runlog import LoggingConfig, RunLog, read_jsonl
 from instruct.chats import SEED_FILE, read_chats, split_heldout, write_chats
-from instruct.sft import SFTConfig, build_trainer, heldout_loss, run
+from instruct.config import SFTConfig
+from instruct.sft import build_trainer, heldout_loss, model_device
+from instruct.stage import run
 
 TINY = SFTConfig(epochs=4, batch_size=8, learning_rate=3e-3, max_length=160)
 
@@ -83,6 +85,10 @@ def test_sft_run_lowers_heldout_loss_saves_a_loadable_model_and_is_deterministic
     assert [r["heldout_loss/all"] for r in held] == [metrics["heldout_loss_before"],
                                                      metrics["heldout_loss_after"]]
     assert not list(tmp_path.glob(".sft0.trainer-*"))  # trainer scratch removed
+    events = {e["event"]: e for e in read_jsonl(logdir / "events.jsonl")}
+    assert (events["trainer_setup"]["world_size"], events["trainer_setup"]["engine"],
+            events["trainer_setup"]["global_batch"]) == (1, "single", 8)
+    assert "launch" not in events and "fsdp_not_applied" not in events  # in-process, as configured
 
     # the folder is a complete HF model: weights, tokenizer, chat template, generation config
     assert (out / "model.safetensors").exists() and (out / "generation_config.json").exists()
@@ -124,3 +130,38 @@ def test_config_rejects_unknown_keys() -> None:
     with pytest.raises(ValueError):
         SFTConfig.model_validate({"epochs": 1, "lr": 0.1})
     assert torch.get_num_threads() >= 1
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_heldout_loss_feeds_the_model_on_its_own_device(tiny_model: Path, tmp_path: Path) -> None:
+    """The Trainer moves the model (to the GPU, or FSDP's shards) after we load it on the CPU; the
+    collator builds CPU tensors. A CPU host has no second real device, so the model here lives on
+    ``meta``: a guard on its forward records where the inputs arrive and stops there (meta
+    tensors hold no values). What this shows: inputs follow ``next(model.parameters()).device``;
+    what it cannot: a CUDA run (the GPU check of the cluster profiles)."""
+    tok = AutoTokenizer.from_pretrained(str(tiny_model))
+    cpu_model = AutoModelForCausalLM.from_pretrained(str(tiny_model))
+    trainer = build_trainer(TINY, cpu_model, tok, *split_heldout(read_chats(SEED_FILE), 0.2), tmp_path / "w")
+    examples = list(trainer.eval_dataset)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cpu_model.config)
+    assert model_device(model) == torch.device("meta")
+    seen: list[set[str]] = []
+
+    def guard(module, args, kwargs):  # noqa: ANN001
+        seen.append({str(v.device) for v in kwargs.values() if isinstance(v, torch.Tensor)})
+        raise _Stop
+
+    model.register_forward_pre_hook(guard, with_kwargs=True)
+    model.train()
+    with pytest.raises(_Stop):
+        heldout_loss(model, examples, trainer.data_collator, 8)
+    assert seen == [{"meta"}]  # input_ids and attention_mask, both moved to the model's device
+    # on the CPU the same function gives real figures (the after-training check in the test above)
+    cpu = heldout_loss(cpu_model.train(), examples, trainer.data_collator, 3)
+    assert set(cpu) == {"all", "en", "ko"} and all(v > 0 for v in cpu.values())
+    assert cpu_model.training  # the Trainer's mode is left as it was
+    assert cpu == pytest.approx(heldout_loss(cpu_model, examples, trainer.data_collator, 8), rel=1e-6)

@@ -1,0 +1,80 @@
+"""Stage ``sft``: instruction-tune the base model, in this process or over several ranks.
+
+One rank (``sft.parallel`` 1 node x 1 GPU: the tiny profile) trains here. More ranks run
+``instruct.worker`` under torchrun (one node) or an sbatch script (Slurm, submitted with
+``--wait``); the job file, and the sbatch script, are kept in the run log's ``launch/`` folder,
+and rank 0's records are replayed into the run log when the ranks are done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from dasi.stage import JobFailed
+from instruct import launch
+from instruct.chats import SEED_FILE
+from instruct.config import SFTConfig
+from instruct.worker import replay, write_job
+
+__all__ = ["SEED_FILE", "SFTConfig", "dry_run", "run"]
+
+LAUNCH = "launch"  # the run log's folder for the job file and the sbatch script
+
+
+def dry_run(cfg: SFTConfig, logs_dir: Path, launcher: str = "local") -> str:
+    """What ``run`` would launch. The job file lives in the run's log folder, named when the run
+    starts: shown here with ``<run-id>``."""
+    return launch.dry_run(cfg, Path(logs_dir) / "sft" / "<run-id>" / LAUNCH / "job.json", launcher)
+
+
+def run(cfg: SFTConfig, base: Path, tokenizer_dir: Path | None, extra_chats: list[Path], out: Path,
+        metrics_path: Path, log: Any, launcher: str = "local") -> dict[str, Any]:
+    """Train and write ``out`` and ``metrics_path``; returns the metrics."""
+    kind = launch.choose(cfg, launcher)
+    if kind == "local":
+        from instruct.sft import train  # torch and transformers: not needed to launch ranks
+
+        return train(cfg, base, tokenizer_dir, extra_chats, out, metrics_path, log)
+    folder = Path(log.dir) / LAUNCH
+    records = folder / "records.jsonl"
+    job = write_job(folder / "job.json", cfg, base, tokenizer_dir, extra_chats, out, metrics_path, records)
+    records.unlink(missing_ok=True)
+    log.event("launch", launcher=kind, nodes=cfg.parallel.nodes, gpus_per_node=cfg.parallel.gpus_per_node,
+              job=str(job))
+    Path(metrics_path).unlink(missing_ok=True)  # what is read back below must be this run's
+    try:
+        failure = _torchrun(cfg, job) if kind == "torchrun" else _slurm(cfg, job, folder, log)
+    finally:
+        replay(records, log)  # a failed or interrupted run's curves too
+        records.unlink(missing_ok=True)  # now in metrics.jsonl / events.jsonl
+    if failure:
+        raise JobFailed(f"sft: {failure}; the ranks' logs are in the run log ({log.dir}); "
+                        "SFT keeps no checkpoints: running it again trains from the start")
+    if not Path(metrics_path).is_file():
+        raise JobFailed(f"sft: the ranks ended without writing {metrics_path}")
+    return json.loads(Path(metrics_path).read_text())
+
+
+def _torchrun(cfg: SFTConfig, job: Path) -> str | None:
+    # torchrun's temp files go to a private folder that is removed afterwards (short path:
+    # multiprocessing's AF_UNIX sockets live there).
+    with tempfile.TemporaryDirectory(prefix="dasi-torchrun-") as tmp:
+        done = subprocess.run(launch.torchrun_command(cfg, job), env={**os.environ, "TMPDIR": tmp})
+    return f"torchrun exited {done.returncode}" if done.returncode else None
+
+
+def _slurm(cfg: SFTConfig, job: Path, folder: Path, log: Any) -> str | None:
+    script = folder / "sft.sbatch"
+    script.write_text(launch.slurm_script(cfg, job, python=sys.executable))
+    job_id, status = launch.submit(script)
+    log.event("slurm_job", job_id=job_id, sbatch_exit=status, script=str(script))
+    if not status:
+        return None
+    output = launch.SLURM_LOGS / f"{cfg.slurm.job_name}-{job_id}.out"
+    return f"slurm job {job_id} ended {launch.job_state(job_id)} (sbatch exit {status}; output {output})"
