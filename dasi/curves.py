@@ -88,10 +88,13 @@ def finite(value: Any) -> float | None:
 
 def with_token_rate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``tokens_per_s`` added to each record whose :data:`TOKENS_SEEN` grew since the previous
-    one of the same run (the first has no rate)."""
+    one of the same run (the first has no rate). A record's own ``elapsed_s`` (written by the
+    training ranks) is its time when present: records replayed from torchrun/Slurm ranks carry the
+    replay's clock in ``time``."""
     out, last = [], None
     for r in records:
-        seen, t = finite(r.get(TOKENS_SEEN)), finite(r.get("time"))
+        seen = finite(r.get(TOKENS_SEEN))
+        t = finite(r.get("elapsed_s")) if finite(r.get("elapsed_s")) is not None else finite(r.get("time"))
         if seen is not None and t is not None:
             if last is not None and t > last[1] and seen > last[0]:
                 r = {**r, "tokens_per_s": (seen - last[0]) / (t - last[1])}
