@@ -218,6 +218,9 @@ def pretrain(packed: Path = Path("data/packed/manifest.json"), out: Path = Path(
                  help="print the launch command / sbatch script, train nothing")] = False,
              restart: Annotated[bool, typer.Option(
                  help="delete the checkpoints and train from step 0 (also: DASI_RESTART=1)")] = False,
+             allow_code_change: Annotated[bool, typer.Option(
+                 help="resume although the training code changed (logged; data, model and optimisation "
+                      "must match); also: DASI_ALLOW_CODE_CHANGE=1")] = False,
              params: ParamsOpt = Path("params.yaml"), profiles: ProfilesOpt = Path("configs")) -> None:
     """Train, resume or reuse the megatron-core GPT on the packed data; checkpoints + metrics."""
     import os
@@ -232,6 +235,11 @@ def pretrain(packed: Path = Path("data/packed/manifest.json"), out: Path = Path(
     if env_restart not in ("0", "1"):
         raise ConfigError(f"DASI_RESTART = {env_restart!r}: allowed: 1 (start over), 0")
     restart = restart or env_restart == "1"  # so that `DASI_RESTART=1 dvc repro pretrain` starts over
+    env_code = os.environ.get("DASI_ALLOW_CODE_CHANGE", "0")
+    if env_code not in ("0", "1"):
+        raise ConfigError(f"DASI_ALLOW_CODE_CHANGE = {env_code!r}: allowed: 1 (resume across a code "
+                          "change), 0")
+    allow_code_change = allow_code_change or env_code == "1"
     chosen = check_launcher(launcher or resolve_params(params, profiles)["launcher"],
                             ("local", "torchrun", "slurm"))
     if dry_run:  # nothing runs, so nothing is logged
@@ -244,7 +252,9 @@ def pretrain(packed: Path = Path("data/packed/manifest.json"), out: Path = Path(
         summary = run_stage("pretrain", {"pretrain": stage.PretrainConfig, "model": ModelConfig},
                             [packed], [out],
                             lambda cfg, model, log: stage.run(model, cfg, packed, out, log, launcher=chosen,
-                                                              restart=restart), params, profiles)
+                                                              restart=restart,
+                                                              allow_code_change=allow_code_change),
+                            params, profiles)
     except FingerprintMismatch as e:
         print(f"dasi: pretrain: {e}", file=sys.stderr)
         sys.exit(3)
