@@ -24,8 +24,10 @@ from data_gen.curated import iter_docs
 from evals.bpb import NLL, text_nll
 from evals.harness import TaskSpec, run_in_child
 
-DEFAULT_TASKS = [TaskSpec(name="kobest_copa", source="local",
-                          local_file="evals/data/kobest_copa_local.jsonl")]
+DEFAULT_TASKS = [TaskSpec(name="copa_ko_mini", source="local", format="kobest_copa",
+                          local_file="evals/data/copa_ko_mini.jsonl",
+                          origin="32 hand-written Korean items in KoBEST COPA format, not KoBEST "
+                                 "(evals/data/README.md)")]
 
 
 class EvaluateConfig(StrictModel):

@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,21 +24,58 @@ from pydantic import Field, model_validator
 from dasi.strict import StrictModel
 
 
+@cache
+def lm_eval_task_names() -> frozenset[str]:
+    """Every task and group name lm-eval ships (the ``task:``/``group:`` of its YAMLs), read from
+    the files without importing lm-eval (a config check must stay cheap)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("lm_eval")
+    root = Path(spec.submodule_search_locations[0]) / "tasks"  # type: ignore[union-attr, index]
+    names = set()
+    # A regex, not a YAML parser: lm-eval's files use its own tags (!function) and templates.
+    pattern = re.compile(r"^[\s-]*(?:task|group|tag):\s*([A-Za-z0-9_.\-]+)\s*$", re.MULTILINE)
+    for path in root.rglob("*.yaml"):
+        names.update(pattern.findall(path.read_text(encoding="utf-8", errors="replace")))
+    return frozenset(names)
+
+
 class TaskSpec(StrictModel):
-    name: str = Field(description="an lm-eval task, e.g. kobest_copa")
+    """One evaluation task. ``name`` is what results are reported under, so it must say what the
+    data is: a hub task is lm-eval's task (or group) of that name, on the benchmark's own data; a
+    local file has a name of its own (never a benchmark's) and says which lm-eval task's prompts,
+    choices and metrics it follows (``format``) and where its items come from (``origin``)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+                      description="hub: an lm-eval task or group (e.g. kobest_copa); local: the file's "
+                                  "own name (e.g. copa_ko_mini)")
     source: Literal["hub", "local"] = "hub"
-    local_file: str | None = Field(None, description="JSONL in the task's own format (source: local)")
-    config: str | None = Field(None, description="lm-eval task YAML to include; default: found by name")
+    format: str | None = Field(None, description="local: the lm-eval task whose prompt, choices and "
+                                                 "metrics the file follows (e.g. kobest_copa)")
+    local_file: str | None = Field(None, description="local: JSONL in that task's own format")
+    origin: str | None = Field(None, description="local: what the items are and who wrote them")
+    config: str | None = Field(None, description="local: lm-eval task YAML to include instead of the "
+                                                 "one lm-eval ships for `format`")
 
     @model_validator(mode="after")
-    def _local_needs_file(self) -> TaskSpec:
-        if self.source == "local" and not self.local_file:
-            raise ValueError("source: local needs local_file")
+    def _consistent(self) -> TaskSpec:
+        local_only = [k for k in ("format", "local_file", "origin", "config") if getattr(self, k)]
+        if self.source == "local":
+            missing = [k for k in ("format", "local_file", "origin") if not getattr(self, k)]
+            if missing:
+                raise ValueError(f"task {self.name}: source local needs {', '.join(missing)}")
+            if self.name in lm_eval_task_names():
+                raise ValueError(f"task {self.name}: {self.name!r} is lm-eval's name for the real benchmark; "
+                                 "give the local file a name of its own (e.g. <task>_<lang>_mini) and set "
+                                 f"format: {self.name}")
+        elif local_only:
+            raise ValueError(f"task {self.name}: {', '.join(local_only)} only apply to source local")
         return self
 
     @property
     def registered_name(self) -> str:
-        return self.name if self.source == "hub" else f"{self.name}_local"
+        """The name lm-eval knows the task by (a local task is registered under its own name)."""
+        return self.name
 
 
 def shipped_task_yaml(name: str) -> Path:
@@ -51,14 +90,15 @@ def shipped_task_yaml(name: str) -> Path:
 
 
 def write_local_task(task: TaskSpec, folder: Path) -> Path:
-    """A task YAML that reuses lm-eval's config for ``task.name`` with a local test split."""
+    """A task YAML registered as ``task.name`` that reuses lm-eval's config for ``task.format``
+    (prompt, choices, metrics) with the local file as its test split."""
     import yaml
 
     data = Path(task.local_file or "").resolve()
     if not data.is_file():
         raise FileNotFoundError(f"evaluate: local task data {data} not found")
     spec = {
-        "include": str(Path(task.config).resolve() if task.config else shipped_task_yaml(task.name)),
+        "include": str(Path(task.config).resolve() if task.config else shipped_task_yaml(task.format or "")),
         "task": task.registered_name,
         "dataset_path": "json",
         "dataset_name": None,
@@ -66,6 +106,7 @@ def write_local_task(task: TaskSpec, folder: Path) -> Path:
         "training_split": None,
         "validation_split": None,
         "test_split": "test",
+        "tag": [],  # not a member of the real task's groups (e.g. kobest)
     }
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{task.registered_name}.yaml"
@@ -85,6 +126,25 @@ def _numeric(results: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def sample_counts(res: dict[str, Any], name: str) -> tuple[int, int]:
+    """(effective, original) examples of task or group ``name`` in an lm-eval result; a group's
+    are its subtasks' sums (lm-eval counts leaf tasks only)."""
+    counts = res["n-samples"]
+    if name in counts:
+        return int(counts[name]["effective"]), int(counts[name]["original"])
+    children = res.get("group_subtasks", {}).get(name) or []
+    if not children:
+        raise KeyError(f"lm-eval result has no sample count for {name}")
+    pairs = [sample_counts(res, c) for c in children]
+    return sum(e for e, _ in pairs), sum(o for _, o in pairs)
+
+
+def task_metrics(res: dict[str, Any], name: str) -> dict[str, float]:
+    """``{metric: value, n: examples scored, n_total: examples the task has}`` for one task."""
+    n, total = sample_counts(res, name)
+    return {**_numeric(res["results"][name]), "n": n, "n_total": total}
+
+
 def evaluate_models(spec: dict[str, Any]) -> dict[str, Any]:
     """Run lm-eval on every model of ``spec``; returns {model: {task: {metric: value}}}."""
     import lm_eval
@@ -101,14 +161,15 @@ def evaluate_models(spec: dict[str, Any]) -> dict[str, Any]:
     for name, model in spec["models"].items():
         args = {"pretrained": model["path"], "tokenizer": model["tokenizer"], "dtype": spec["dtype"],
                 "device": spec["device"]}
+        if model.get("revision"):
+            args["revision"] = model["revision"]
         res = lm_eval.simple_evaluate(
             model="hf", model_args=args, tasks=[t.registered_name for t in tasks], task_manager=manager,
             num_fewshot=spec["num_fewshot"], limit=spec["limit"], batch_size=spec["batch_size"],
             random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
             log_samples=False, apply_chat_template=model.get("chat_template", False),
         )
-        out[name] = {t.name: {**_numeric(res["results"][t.registered_name]),
-                              "n": res["n-samples"][t.registered_name]["effective"]} for t in tasks}
+        out[name] = {t.name: task_metrics(res, t.registered_name) for t in tasks}
     return out
 
 

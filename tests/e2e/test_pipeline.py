@@ -133,7 +133,7 @@ def test_release_checksums_match(repo):
     assert sh(["sha256sum", "-c", "--quiet", "SHA256SUMS"], rel).returncode == 0
     listed = {line.split("  ", 1)[1] for line in (rel / "SHA256SUMS").read_text().splitlines()}
     assert {"README.md", "DATA_CARD.md", "results.json", "release.json", "dvc.lock", "metrics/eval.json",
-            "models/base/model.safetensors", "models/sft/model.safetensors"} <= listed
+            "models/base/model.safetensors.index.json", "models/sft/model.safetensors"} <= listed
     card = (rel / "README.md").read_text()
     assert "## English" in card and "## 한국어" in card and "copa_ko_mini" in card
     assert "kobest_copa_local" not in card and "Gemma Terms of Use" in card

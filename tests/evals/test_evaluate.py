@@ -13,7 +13,8 @@ from evals.harness import TaskSpec, shipped_task_yaml, write_local_task
 from tests.conftest import write_curated_dir
 
 REPO = Path(__file__).resolve().parents[2]
-COPA = REPO / "evals" / "data" / "kobest_copa_local.jsonl"
+COPA = REPO / "evals" / "data" / "copa_ko_mini.jsonl"
+ORIGIN = "32 hand-written Korean items in KoBEST COPA format, not KoBEST"
 
 KO_LONG = "모든 국민은 법 앞에 평등하다. 누구든지 성별·종교 또는 사회적 신분에 의하여 차별을 받지 아니한다. "
 EN_LONG = "The json module exposes an API familiar to users of the marshal and pickle modules. "
@@ -34,7 +35,7 @@ def curated(tmp_path: Path) -> Path:
     return write_curated_dir(tmp_path / "curated", rows)
 
 
-def test_local_kobest_copa_file_matches_kobest_format() -> None:
+def test_copa_ko_mini_follows_the_kobest_copa_format() -> None:
     from lm_eval.tasks.kobest import utils  # lm-eval's own KoBEST prompt functions
 
     docs = [json.loads(line) for line in COPA.read_text(encoding="utf-8").splitlines()]
@@ -49,14 +50,18 @@ def test_local_kobest_copa_file_matches_kobest_format() -> None:
 
 
 def test_local_task_yaml_includes_lm_evals_config(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="local_file"):
-        TaskSpec(name="kobest_copa", source="local")
-    task = TaskSpec(name="kobest_copa", source="local", local_file=str(COPA))
+    with pytest.raises(ValueError, match="source local needs format, local_file, origin"):
+        TaskSpec(name="copa_ko_mini", source="local")
+    with pytest.raises(ValueError, match="'kobest_copa' is lm-eval's name for the real benchmark"):
+        TaskSpec(name="kobest_copa", source="local", format="kobest_copa", local_file=str(COPA),
+                 origin=ORIGIN)
+    task = TaskSpec(name="copa_ko_mini", source="local", format="kobest_copa", local_file=str(COPA),
+                    origin=ORIGIN)
     path = write_local_task(task, tmp_path)
     spec = yaml.safe_load(path.read_text())
     assert spec["include"] == str(shipped_task_yaml("kobest_copa"))
     assert spec["include"].endswith("lm_eval/tasks/kobest/kobest_copa.yaml")
-    assert spec["task"] == "kobest_copa_local" and spec["dataset_path"] == "json"
+    assert spec["task"] == "copa_ko_mini" and spec["dataset_path"] == "json" and spec["tag"] == []
     assert spec["dataset_kwargs"]["data_files"]["test"] == str(COPA)
     assert TaskSpec(name="kobest_copa").registered_name == "kobest_copa"  # hub by default
 
@@ -80,7 +85,8 @@ def test_evaluate_two_models(tiny_model: Path, tmp_path: Path, curated: Path) ->
     model.lm_head.weight.data.mul_(4.0)
     model.save_pretrained(str(other))
 
-    cfg = EvaluateConfig(tasks=[TaskSpec(name="kobest_copa", source="local", local_file=str(COPA))],
+    cfg = EvaluateConfig(tasks=[TaskSpec(name="copa_ko_mini", source="local", format="kobest_copa",
+                                         local_file=str(COPA), origin=ORIGIN)],
                          limit=20, bpb_window=48, chat_template=["sft"])
     out, work = tmp_path / "eval.json", tmp_path / "work"
     logging = LoggingConfig(logs_dir=str(tmp_path / "logs"), wandb=False, tensorboard=False)
@@ -90,7 +96,7 @@ def test_evaluate_two_models(tiny_model: Path, tmp_path: Path, curated: Path) ->
     assert json.loads(out.read_text()) == report
     assert set(report["models"]) == {"base", "sft"}
     for name in ("base", "sft"):
-        copa = report["models"][name]["tasks"]["kobest_copa"]
+        copa = report["models"][name]["tasks"]["copa_ko_mini"]
         assert copa["n"] == 20 and 0.0 <= copa["acc"] <= 1.0 and "f1" in copa
         assert copa["acc"] * 20 == pytest.approx(round(copa["acc"] * 20))  # a count of right answers
         for lang in ("ko", "en"):
@@ -103,10 +109,10 @@ def test_evaluate_two_models(tiny_model: Path, tmp_path: Path, curated: Path) ->
     assert report["bpb_docs"] == {"ko": 2, "en": 2}
     # every lm-eval / datasets cache landed in the work folder
     assert (work / "hf_home" / "datasets").is_dir()
-    assert (work / "tasks" / "kobest_copa_local.yaml").is_file()
+    assert (work / "tasks" / "copa_ko_mini.yaml").is_file()
     assert "Running loglikelihood requests" in (log.dir / "harness.log").read_text()  # in the run log
     summary = json.loads((log.dir / "summary.json").read_text())
-    assert summary["base/kobest_copa/acc"] == report["models"]["base"]["tasks"]["kobest_copa"]["acc"]
+    assert summary["base/copa_ko_mini/acc"] == report["models"]["base"]["tasks"]["copa_ko_mini"]["acc"]
 
     with pytest.raises(ValueError, match="no tokenizer"):
         with RunLog("evaluate", cfg, logging=logging) as log:
