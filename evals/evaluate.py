@@ -2,7 +2,7 @@
 
 Results (``metrics/eval.json``)::
 
-    {"models": {"<name>": {"role": "ours" | "peer", "path": ..., "source": {...} (peers),
+    {"models": {"<name>": {"role": "ours" | "peer", "path": ..., "source": "...", "provenance": {...} (peers),
                            "tasks": {"<task>": {"acc": ..., "acc_stderr": ..., "n": ..., "n_total": ...}},
                            "bpb": {"ko": ..., "en": ...}, "nll_per_token": {...}, "bpb_tokens": {...}}},
      "tasks": [{..., "description": "..."}], "bpb_docs": {"ko": n, "en": n}, "bpb_bytes": {...}}
@@ -168,7 +168,8 @@ def run(cfg: EvaluateConfig, models: dict[str, Path], curated: Path, tokenizer_d
         tasks = {**harness[ref.name], **code_tasks(model, tok, cfg, ref.name, log)}
         del model
         results[ref.name] = {
-            "role": ref.role, "path": ref.load, **({"source": ref.source} if ref.role == "peer" else {}),
+            "role": ref.role, "path": ref.load,
+            **({"source": ref.source, "provenance": ref.provenance} if ref.role == "peer" else {}),
             "tasks": {t.name: tasks[t.name] for t in cfg.tasks},
             "bpb": {lang: v.bpb for lang, v in nll.items()},
             "nll_per_token": {lang: v.nll_per_token for lang, v in nll.items()},

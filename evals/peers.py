@@ -55,7 +55,8 @@ class ModelRef:
     load: str  # a folder, or a hub id
     tokenizer: str  # the model's own tokenizer: bits per byte compare across tokenizers, tokens do not
     revision: str | None = None
-    source: dict[str, Any] = field(default_factory=dict)
+    source: str = ""  # one line for tables: the folder, or hub id @ revision
+    provenance: dict[str, Any] = field(default_factory=dict)  # what else is known of the weights
 
     def harness_args(self) -> dict[str, str | None]:
         """Where the lm-eval child loads it from (folders as absolute paths: it runs elsewhere)."""
@@ -89,28 +90,31 @@ def peer(spec: PeerSpec, index: int) -> ModelRef:
             raise ConfigError(f"{key}.revision: pin {spec.hub_id} to a 40-hex hub commit before "
                               "evaluating it")
         return ModelRef(spec.name, "peer", spec.hub_id, spec.hub_id, spec.revision,
-                        {"hub_id": spec.hub_id, "revision": spec.revision})
+                        f"{spec.hub_id}@{spec.revision}", {"hub_id": spec.hub_id, "revision": spec.revision})
     folder = Path(spec.path or "")
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{key}.path: {folder} is not a model folder (for data/teachers/*: run "
                                 "`dvc repro teacher`)")
     if not _has_tokenizer(folder):
         raise ValueError(f"{key}.path: {folder} has no tokenizer of its own")
-    return ModelRef(spec.name, "peer", str(folder), str(folder), None, folder_source(folder))
+    provenance = folder_provenance(folder)
+    known = [v for v in (provenance.get("id"), provenance.get("weights")) if v]
+    source = f"{folder} ({', '.join(known)})" if known else str(folder)
+    return ModelRef(spec.name, "peer", str(folder), str(folder), None, source, provenance)
 
 
-def folder_source(folder: Path) -> dict[str, Any]:
+def folder_provenance(folder: Path) -> dict[str, Any]:
     """The folder, and what the teacher stage recorded about where its weights came from."""
-    source: dict[str, Any] = {"path": str(folder)}
+    out: dict[str, Any] = {"path": str(folder)}
     manifest = folder / TEACHER_MANIFEST
     if manifest.is_file():
         m = json.loads(manifest.read_text())
-        source.update({"id": m.get("id"), "revision": m.get("revision"), "license": m.get("license"),
-                       "weights_hash": m.get("weights_hash")})
+        out.update({"id": m.get("id"), "revision": m.get("revision"), "license": m.get("license"),
+                    "weights_hash": m.get("weights_hash")})
         origin = m.get("source") or {}
         if origin.get("gguf_file"):  # say so: a dequantized GGUF scores a little below the original
-            source["weights"] = f"dequantized to {m.get('dtype')} from {origin['gguf_file']}"
-    return source
+            out["weights"] = f"dequantized to {m.get('dtype')} from {origin['gguf_file']}"
+    return out
 
 
 def all_models(models: dict[str, Path], peers: list[PeerSpec], fallback_tokenizer: Path | None

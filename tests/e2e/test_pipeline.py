@@ -115,6 +115,14 @@ def test_model_half_outputs(repo):
         m = evals["models"][name]
         assert m["tasks"]["copa_ko_mini"]["n"] == 32 and 0 <= m["tasks"]["copa_ko_mini"]["acc"] <= 1
         assert set(m["bpb"]) == {"ko", "en"} and all(0 < v < 8 for v in m["bpb"].values())
+    # the peers beside ours, on every task and held-out set; HumanEval's first 4 of 164 problems
+    assert {n: m["role"] for n, m in evals["models"].items()} == {
+        "base": "ours", "sft": "ours", "smollm2-135m-instruct": "peer", "gemma3-270m": "peer"}
+    for m in evals["models"].values():
+        assert set(m["tasks"]) == {"copa_ko_mini", "science_en_mini", "humaneval"}
+        assert set(m["bpb"]) == {"ko", "en"}
+        assert m["tasks"]["science_en_mini"]["n"] == 32
+        assert (m["tasks"]["humaneval"]["n"], m["tasks"]["humaneval"]["n_total"]) == (4, 164)
     for folder in ("data/hf/base", "data/hf/sft"):
         tok = AutoTokenizer.from_pretrained(repo / folder)
         model = AutoModelForCausalLM.from_pretrained(repo / folder)

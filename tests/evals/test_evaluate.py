@@ -134,7 +134,9 @@ def test_evaluate_ours_and_a_peer_on_every_task(tiny_model: Path, tmp_path: Path
     assert json.loads(out.read_text()) == report
     assert list(report["models"]) == ["base", "sft", "peer"]
     assert [report["models"][n]["role"] for n in ("base", "sft", "peer")] == ["ours", "ours", "peer"]
-    assert report["models"]["peer"]["source"] == {
+    source = f"{peer_dir} (test/peer, dequantized to bfloat16 from peer.gguf)"
+    assert report["models"]["peer"]["source"] == source
+    assert report["models"]["peer"]["provenance"] == {
         "path": str(peer_dir), "id": "test/peer", "revision": "pypi:peer==1.0", "license": "MIT",
         "weights_hash": "ab" * 32, "weights": "dequantized to bfloat16 from peer.gguf"}
     assert "source" not in report["models"]["base"]
