@@ -17,7 +17,8 @@ from dasi.model_config import ModelConfig, parameter_count
 
 # Answer choices per item of lm-eval tasks whose data the card cannot read (hub datasets).
 KNOWN_CHOICES = {"kobest_boolq": 2, "kobest_copa": 2, "kobest_sentineg": 2, "kobest_wic": 2,
-                 "kobest_hellaswag": 4, "hellaswag": 4, "mmlu": 4, "kmmlu": 4}
+                 "kobest_hellaswag": 4, "hellaswag": 4, "mmlu": 4, "kmmlu": 4,
+                 "sciq": 4, "arc_easy": 4, "arc_challenge": 4}
 # Metrics that are not scores: shown in tables, not compared.
 COUNTS = {"n", "n_total", "acc_stderr", "acc_norm_stderr"}
 LANG_KO = {"ko": "한국어", "en": "영어", "code": "코드"}

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 INDEX_FORMAT = "ngram-index/2"
 # The fields that make an item's text, per lm-eval format a local task follows (TaskSpec.format);
 # a local task whose format is not listed here is an error.
-ITEM_FIELDS = {"kobest_copa": ("premise", "alternative_1", "alternative_2")}
+ITEM_FIELDS = {"kobest_copa": ("premise", "alternative_1", "alternative_2"),
+               "sciq": ("question", "correct_answer", "distractor1", "distractor2", "distractor3")}
 _NOT_WORD = re.compile(r"[^\w\s]|_")
 
 
