@@ -330,6 +330,67 @@ def sft(base: Path = Path("data/hf/base"), tokenizer_dir: Path | None = None,
               params, profiles)  # a failed torchrun / Slurm job: JobFailed, exit 6 (main)
 
 
+@app.command("adapt-vocab")
+def adapt_vocab(curated: Path = Path("data/curated"), out: Path = Path("data/adapt/init"),
+                metrics: Path = Path("metrics/adapt/vocab.json"),
+                params: ParamsOpt = Path("params.yaml"), profiles: ProfilesOpt = Path("configs")) -> None:
+    """Adaptation path: train a Korean BPE, merge it into the English base's tokenizer (old ids
+    unchanged), grow the embeddings and initialise the new rows by sub-token decomposition."""
+    from adapt import stage
+    from adapt.config import AdaptConfig
+    from dasi.stage import run_stage
+
+    run_stage("adapt-vocab", {"adapt": AdaptConfig}, [curated], [out, metrics],
+              lambda cfg, log: stage.run_vocab(cfg, curated, out, metrics, log), params, profiles)
+
+
+@app.command("adapt-train")
+def adapt_train(phase: Annotated[str, typer.Argument(
+                    help="embed_head | odd_layers | even_layers | lora | baseline")],
+                base: Annotated[Path | None, typer.Option(
+                    help="the previous phase's folder (default for baseline: adapt.base)")] = None,
+                curated: Path = Path("data/curated"),
+                out: Annotated[Path | None, typer.Option(help="default data/adapt/<phase>")] = None,
+                work: Annotated[Path | None, typer.Option(
+                    help="checkpoints a resume starts from (default data/adapt/work/<phase>)")] = None,
+                metrics: Annotated[Path | None, typer.Option(
+                    help="default metrics/adapt/<phase>.json")] = None,
+                params: ParamsOpt = Path("params.yaml"), profiles: ProfilesOpt = Path("configs")) -> None:
+    """Adaptation path: one training phase from the previous phase's model, or the baseline arm
+    (the base with its own tokenizer, as many tokens as all phases together)."""
+    from adapt import stage
+    from adapt.config import AdaptConfig
+    from dasi.stage import run_stage
+
+    out = out or Path("data/adapt") / phase
+    work = work or Path("data/adapt/work") / phase
+    metrics = metrics or Path("metrics/adapt") / f"{phase}.json"
+    run_stage(f"adapt-{phase.replace('_', '-')}", {"adapt": AdaptConfig},
+              [curated] + ([base] if base else []), [out, work, metrics],
+              lambda cfg, log: stage.run_train(cfg, phase, base, curated, out, work, metrics, log),
+              params, profiles)
+
+
+@app.command("adapt-eval")
+def adapt_eval(adapted: Path = Path("data/adapt/lora"), baseline: Path = Path("data/adapt/baseline"),
+               vocab_metrics: Path = Path("metrics/adapt/vocab.json"),
+               phase_metrics: Annotated[list[Path] | None, typer.Option(
+                   help="metrics of each phase and the baseline")] = None,
+               curated: Path = Path("data/curated"), out: Path = Path("metrics/adapt.json"),
+               params: ParamsOpt = Path("params.yaml"), profiles: ProfilesOpt = Path("configs")) -> None:
+    """Adaptation path: token ratio, and bits per byte of the base, the adapted model and the
+    baseline arm on held-out text, with issue 11's goals checked."""
+    from adapt import stage
+    from adapt.config import PHASES, AdaptConfig
+    from dasi.stage import run_stage
+
+    phase_metrics = phase_metrics or [Path("metrics/adapt") / f"{p}.json" for p in (*PHASES, "baseline")]
+    inputs = [adapted, baseline, vocab_metrics, *phase_metrics, curated]
+    run_stage("adapt-eval", {"adapt": AdaptConfig}, inputs, [out],
+              lambda cfg, log: stage.run_eval(cfg, adapted, baseline, vocab_metrics, phase_metrics,
+                                              curated, out, log), params, profiles)
+
+
 @app.command("evaluate")
 def evaluate_cmd(
         model: Annotated[list[str] | None, typer.Option(

@@ -52,6 +52,10 @@ CURVES: dict[str, tuple[Curve, ...]] = {
         # all devices together: the trainer's token count is summed over its processes
         Curve("throughput", {"tokens_per_s": "tokens_per_s"}, timed=True),
     ),
+    # the adaptation path's training phases and its baseline arm (adapt/dvc.yaml)
+    **{f"adapt-{phase}": (
+        Curve("train", {"loss": "train/loss", "lr": "train/learning_rate", "grad_norm": "train/grad_norm"}),
+    ) for phase in ("embed-head", "odd-layers", "even-layers", "lora", "baseline")},
 }
 
 

@@ -37,6 +37,7 @@ SECTIONS = {
     "export": "pretrain.export:ExportConfig",
     "sft": "instruct.sft:SFTConfig",
     "evaluate": "evals.evaluate:EvaluateConfig",
+    "adapt": "adapt.config:AdaptConfig",
     "release": "dasi.release:ReleaseConfig",
 }
 # Keys of a profile that are not validated sections.

@@ -16,7 +16,7 @@ import yaml
 
 from tests.conftest import REPO
 
-PACKAGES = {"dasi", "data_gen", "pretrain", "evals", "instruct"}
+PACKAGES = {"dasi", "data_gen", "pretrain", "evals", "instruct", "adapt"}
 CLI = REPO / "dasi" / "cli.py"
 
 
@@ -102,8 +102,16 @@ def stage_modules(cmd: str) -> set[Path]:
     return closure(start) | {CLI}
 
 
+PIPELINES = ("dvc.yaml", "adapt/dvc.yaml")  # the main pipeline and the adaptation path
+
+
 def stages() -> dict[str, dict]:
-    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    """Every stage of every pipeline file (those of adapt/dvc.yaml run from the repository root)."""
+    out = {}
+    for file in PIPELINES:
+        for name, stage in yaml.safe_load((REPO / file).read_text())["stages"].items():
+            out[name if file == "dvc.yaml" else f"{file}:{name}"] = stage
+    return out
 
 
 def covered(path: Path, deps: list[str]) -> bool:

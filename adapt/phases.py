@@ -1,0 +1,69 @@
+"""What each RedWhale phase trains, and nothing else.
+
+- ``embed_head``: the input embeddings and the output head (one matrix when they are tied);
+- ``odd_layers`` / ``even_layers``: the decoder layers whose 0-based index is odd / even
+  (``model.layers.1``, ``.3``, … / ``.0``, ``.2``, …), every parameter inside them;
+- ``lora``: peft LoRA adapters on the configured projections, the base frozen; the phase's output
+  is the adapters merged back into plain weights.
+Everything else is frozen (``requires_grad=False``), so the optimizer holds no state for it."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from adapt.config import LoraConfig, Phase
+
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def layer_index(name: str) -> int | None:
+    m = _LAYER.search(name)
+    return int(m.group(1)) if m else None
+
+
+def _embedding_names(model: Any) -> set[str]:
+    wanted = {id(model.get_input_embeddings().weight)}
+    head = model.get_output_embeddings()
+    if head is not None:
+        wanted.add(id(head.weight))
+    return {n for n, p in model.named_parameters() if id(p) in wanted}
+
+
+def phase_trainable(model: Any, phase: Phase) -> set[str]:
+    """Names (as ``named_parameters`` gives them) of the parameters a non-LoRA phase trains."""
+    names = [n for n, _ in model.named_parameters()]
+    if phase == "embed_head":
+        return _embedding_names(model)
+    if phase in ("odd_layers", "even_layers"):
+        parity = 1 if phase == "odd_layers" else 0
+        return {n for n in names if (i := layer_index(n)) is not None and i % 2 == parity}
+    raise ValueError(f"phase {phase!r} trains adapters, not named base parameters")
+
+
+def apply_phase(model: Any, phase: Phase, lora: LoraConfig) -> Any:
+    """Freeze everything the phase does not train; for ``lora`` return the peft-wrapped model."""
+    if phase == "lora":
+        from peft import LoraConfig as PeftLora
+        from peft import get_peft_model
+
+        for p in model.parameters():
+            p.requires_grad_(False)
+        cfg = PeftLora(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                       target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM")
+        return get_peft_model(model, cfg)
+    trainable = phase_trainable(model, phase)
+    if not trainable:
+        raise ValueError(f"phase {phase}: the model has no parameters it would train")
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in trainable)
+    return model
+
+
+def trainable_names(model: Any) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def merged(model: Any, phase: Phase) -> Any:
+    """The plain model to save: LoRA adapters folded into their weights; otherwise the model."""
+    return model.merge_and_unload() if phase == "lora" else model

@@ -1,0 +1,140 @@
+"""One adaptation phase, or the baseline arm, trained with the transformers Trainer.
+
+Why the HF Trainer and not Megatron-core: LoRA (peft) and per-parameter freezing are native to the
+HF model, the base is an HF folder, and RedWhale trained that way; the same Trainer scales over
+GPUs with FSDP (as the ``sft`` stage does). Megatron-core has no LoRA.
+
+A phase resumes: the Trainer checkpoints into ``work`` every ``train.save_steps`` (DVC keeps the
+folder, ``persist: true``), and a run finding a checkpoint made from the same inputs continues from
+it, reading the same blocks (the stream is deterministic). Checkpoints made from other inputs stop
+the run and are not deleted. When the phase is done its model is saved to ``out`` and the
+checkpoints are removed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
+
+from adapt.config import PHASES, AdaptConfig
+from adapt.phases import apply_phase, merged, trainable_names
+from adapt.stream import BlockDataset, range_summary
+from dasi.atomic import atomic_path, write_json
+from dasi.provenance import sha256_path, sha256_text
+from dasi.resume import check_fingerprint, record_fingerprint, restart
+from data_gen.curated import MANIFEST_FILE
+
+BASELINE = "baseline"
+
+
+def block_range(cfg: AdaptConfig, arm: str) -> tuple[int, int, int]:
+    """(first block, blocks, steps) of a phase, or of the baseline: every phase's steps, from 0."""
+    per_step = cfg.train.batch_size
+    if arm == BASELINE:
+        return 0, cfg.total_steps * per_step, cfg.total_steps
+    before = sum(cfg.phases[p].steps for p in PHASES[: PHASES.index(arm)])
+    return before * per_step, cfg.phases[arm].steps * per_step, cfg.phases[arm].steps
+
+
+def _learning_rate(cfg: AdaptConfig, arm: str) -> float:
+    return cfg.baseline.learning_rate if arm == BASELINE else cfg.phases[arm].learning_rate
+
+
+def _args(cfg: AdaptConfig, arm: str, work: Path, steps: int) -> TrainingArguments:
+    t = cfg.train
+    return TrainingArguments(
+        output_dir=str(work), report_to="none", save_strategy="steps", save_steps=t.save_steps,
+        save_total_limit=1, eval_strategy="no", logging_strategy="steps", logging_steps=1,
+        seed=t.seed, data_seed=t.seed, max_steps=steps,
+        per_device_train_batch_size=t.batch_size // t.grad_accum, gradient_accumulation_steps=t.grad_accum,
+        learning_rate=_learning_rate(cfg, arm), lr_scheduler_type="cosine", warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, bf16=t.dtype == "bfloat16",
+        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
+        save_only_model=False, include_num_input_tokens_seen=True,
+    )
+
+
+class _MirrorToRunLog(TrainerCallback):
+    def __init__(self, log: Any) -> None:
+        self.log = log
+
+    def on_log(self, args, state, control, logs=None, **kwargs) -> None:  # noqa: ANN001
+        if logs and state.is_world_process_zero:
+            self.log.log({f"train/{k}": v for k, v in logs.items()}, step=state.global_step)
+
+
+def _latest_checkpoint(work: Path) -> Path | None:
+    found = sorted(work.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return found[-1] if found else None
+
+
+def _parts(cfg: AdaptConfig, arm: str, base_dir: Path, curated: Path) -> dict[str, str]:
+    """What shapes the phase's checkpoints: the model it starts from, the data, and its settings."""
+    settings = {"train": cfg.train.model_dump(mode="json"), "lr": _learning_rate(cfg, arm),
+                "range": block_range(cfg, arm),
+                "lora": cfg.lora.model_dump(mode="json") if arm == "lora" else None}
+    return {"base": sha256_path(base_dir), "data": sha256_path(curated / MANIFEST_FILE),
+            "settings": sha256_text(json.dumps(settings, sort_keys=True))}
+
+
+def train_arm(cfg: AdaptConfig, arm: str, base_dir: Path, curated: Path, out: Path, work: Path,
+              log: Any) -> dict[str, Any]:
+    """Train phase ``arm`` (or the baseline) from the HF folder ``base_dir``; save the model (LoRA
+    merged) and its tokenizer to ``out``; return the phase's metrics."""
+    t0 = time.time()
+    parts = _parts(cfg, arm, base_dir, curated)
+    if os.environ.get("DASI_RESTART", "0") == "1":  # `DASI_RESTART=1 dvc repro adapt/dvc.yaml` starts over
+        restart(work, log, reason="DASI_RESTART=1")
+    latest = _latest_checkpoint(work)
+    check_fingerprint(work, parts, f"checkpoint {latest.name}" if latest else None,
+                      f"dvc repro with DASI_RESTART=1, or delete {work}")
+    record_fingerprint(work, parts)
+
+    tok = AutoTokenizer.from_pretrained(str(base_dir))
+    dtype = torch.bfloat16 if cfg.train.dtype == "bfloat16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=dtype)
+    if len(tok) > model.config.vocab_size:
+        raise ValueError(f"adapt: tokenizer of {base_dir} has {len(tok)} tokens, the model "
+                         f"{model.config.vocab_size}")
+    if arm != BASELINE:
+        model = apply_phase(model, arm, cfg.lora)
+    trainable = trainable_names(model)
+    n_train = sum(p.numel() for n, p in model.named_parameters() if n in trainable)
+    n_all = sum(p.numel() for p in model.parameters())
+    log.event("phase_setup", phase=arm, trainable_params=n_train, total_params=n_all,
+              trainable_tensors=len(trainable), vocab=len(tok))
+
+    start, count, steps = block_range(cfg, arm)
+    data = BlockDataset(curated, tok, cfg.train.seq_length, cfg.train.lang_weights, start, count)
+    trainer = Trainer(model=model, args=_args(cfg, arm, work, steps), train_dataset=data,
+                      callbacks=[_MirrorToRunLog(log)])
+    if latest is not None:
+        log.event("resume", step=int(latest.name.split("-")[1]), checkpoint=str(latest))
+    result = trainer.train(resume_from_checkpoint=str(latest) if latest else None)
+
+    final = merged(trainer.model, arm)
+    with atomic_path(out) as tmp:
+        final.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        (tmp / "dasi_adapt.json").write_text(json.dumps(
+            {"phase": arm, "base": str(base_dir), "steps": steps, "start_block": start, "blocks": count},
+            indent=1) + "\n")
+    for ckpt in work.glob("checkpoint-*"):
+        shutil.rmtree(ckpt)  # the phase is done: its model is in `out`
+
+    record = range_summary(curated, tok, cfg.train.seq_length, cfg.train.lang_weights, start, count)
+    metrics = {"phase": arm, "steps": steps, "train_loss": result.training_loss,
+               "trainable_params": n_train, "total_params": n_all, **record}
+    log.summary({k: v for k, v in metrics.items() if not isinstance(v, dict)}
+                | {"wall_s": round(time.time() - t0, 2)})
+    return metrics
+
+
+def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
+    write_json(path, {"format": "adapt-phase/1", **metrics})

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from adapt.phases import layer_index
+from adapt.train import BASELINE, block_range, train_arm
+from dasi.resume import FingerprintMismatch
+from dasi.runlog import LoggingConfig, RunLog, read_jsonl
+from tests.adapt.tiny import adapt_config, curated_dir, english_llama
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("adapt-train")
+    return english_llama(root / "base"), curated_dir(root / "curated")
+
+
+def run(cfg, arm: str, base: Path, curated: Path, root: Path, tag: str) -> tuple[Path, dict, Path]:
+    out = root / f"{tag}-{arm}"
+    with RunLog(f"adapt-{arm}", cfg.model_dump(mode="json"),
+                logging=LoggingConfig(logs_dir=str(root / "logs" / tag), wandb=False,
+                                      tensorboard=False)) as log:
+        metrics = train_arm(cfg, arm, base, curated, out, root / f"{tag}-work-{arm}", log)
+    return out, metrics, log.dir
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> set[str]:
+    assert before.keys() == after.keys()
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def test_phases_in_sequence_change_only_what_they_train(inputs, tmp_path: Path) -> None:
+    base, curated = inputs
+    cfg = adapt_config(base)
+    prev, start = base, 0
+    expect = {
+        "embed_head": lambda k: k in {"model.embed_tokens.weight", "lm_head.weight"},
+        "odd_layers": lambda k: layer_index(k) is not None and layer_index(k) % 2 == 1,
+        "even_layers": lambda k: layer_index(k) is not None and layer_index(k) % 2 == 0,
+        "lora": lambda k: k.endswith(("q_proj.weight", "v_proj.weight")),  # merged adapters
+    }
+    for phase, trains in expect.items():
+        out, metrics, logdir = run(cfg, phase, prev, curated, tmp_path, "seq")
+        before, after = weights(prev), weights(out)
+        assert changed(before, after) == {k for k in before if trains(k)}, phase
+        assert metrics["start_block"] == start and metrics["blocks"] == 2 * 4
+        assert not list((tmp_path / f"seq-work-{phase}").glob("checkpoint-*"))  # removed once saved
+        assert json.loads((out / "dasi_adapt.json").read_text())["phase"] == phase
+        setup = [e for e in read_jsonl(logdir / "events.jsonl") if e["event"] == "phase_setup"][0]
+        assert setup["trainable_params"] < setup["total_params"]
+        assert [r["step"] for r in read_jsonl(logdir / "metrics.jsonl") if "train/loss" in r] == [1, 2]
+        prev, start = out, start + 8
+    assert not any(k.startswith("base_model") or "lora" in k for k in weights(prev))  # plain HF weights
+
+
+def test_baseline_trains_every_weight_on_as_many_tokens(inputs, tmp_path: Path) -> None:
+    base, curated = inputs
+    cfg = adapt_config(base)
+    assert block_range(cfg, BASELINE) == (0, 8 * 4, 8)
+    phase_tokens = sum(block_range(cfg, p)[1] for p in cfg.phases)
+    assert block_range(cfg, BASELINE)[1] == phase_tokens
+
+
+def test_an_interrupted_phase_resumes_to_the_same_weights(inputs, tmp_path: Path, monkeypatch) -> None:
+    from transformers import Trainer
+
+    base, curated = inputs
+    cfg = adapt_config(base, {"embed_head": {"steps": 4}})  # checkpoints at 2 and 4
+    straight, _, _ = run(cfg, "embed_head", base, curated, tmp_path, "straight")
+
+    real_step, calls = Trainer.training_step, {"n": 0}
+
+    def dies_at_third(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real_step(self, *a, **kw)
+
+    monkeypatch.setattr(Trainer, "training_step", dies_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, "embed_head", base, curated, tmp_path, "killed")
+    work = tmp_path / "killed-work-embed_head"
+    assert [p.name for p in work.glob("checkpoint-*")] == ["checkpoint-2"]
+    monkeypatch.setattr(Trainer, "training_step", real_step)
+
+    # other settings with a checkpoint present: stop, delete nothing
+    other = adapt_config(base, {"embed_head": {"steps": 4, "learning_rate": 0.5}})
+    with pytest.raises(FingerprintMismatch, match="changed: settings"):
+        run(other, "embed_head", base, curated, tmp_path, "killed")
+    assert (work / "checkpoint-2").is_dir()
+
+    out, metrics, logdir = run(cfg, "embed_head", base, curated, tmp_path, "killed")
+    resumed = [e for e in read_jsonl(logdir / "events.jsonl") if e["event"] == "resume"]
+    assert resumed and resumed[0]["step"] == 2
+    assert [r["step"] for r in read_jsonl(logdir / "metrics.jsonl") if "train/loss" in r] == [3, 4]
+    assert changed(weights(straight), weights(out)) == set()  # bit-identical to the uninterrupted run
+    assert metrics["steps"] == 4
