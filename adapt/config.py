@@ -13,6 +13,9 @@ from dasi.strict import StrictModel
 # The RedWhale phases, in order: embeddings + head, odd layers, even layers, LoRA (then merged).
 PHASES = ("embed_head", "odd_layers", "even_layers", "lora")
 Phase = Literal["embed_head", "odd_layers", "even_layers", "lora"]
+# The path's goals (issue 11), checked in metrics/adapt.json.
+RATIO_GOAL = 0.60          # Korean tokens after / before the merge; RedWhale reports about 0.57
+ENGLISH_LOSS_GOAL = 0.05   # English bits per byte at most 5% worse than the unadapted base
 
 
 class BaseModelSpec(StrictModel):
@@ -31,11 +34,15 @@ class BaseModelSpec(StrictModel):
             raise ValueError(f"revision {self.revision!r}: give the 40-hex commit")
         return self
 
-    def require_pinned(self) -> None:
-        """Checked when a stage loads the base (profiles may leave it open until then)."""
-        if self.hub_id and self.revision is None:
+    def source(self) -> tuple[str, str | None]:
+        """What ``from_pretrained`` loads: the local folder, or the hub id at its revision. A hub id
+        left unpinned (profiles may leave it open) stops the stage that loads it."""
+        if self.path is not None:
+            return self.path, None
+        if self.revision is None:
             raise ConfigError(f"adapt.base.revision: {self.hub_id} must be pinned to a 40-hex commit "
                               "before the adaptation path runs")
+        return str(self.hub_id), self.revision
 
 
 class VocabConfig(StrictModel):

@@ -138,3 +138,20 @@ def train_arm(cfg: AdaptConfig, arm: str, base_dir: Path, curated: Path, out: Pa
 
 def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
     write_json(path, {"format": "adapt-phase/1", **metrics})
+
+
+def run(cfg: AdaptConfig, arm: str, base_dir: Path | None, curated: Path, out: Path, work: Path,
+        metrics_path: Path, log: Any) -> dict[str, Any]:
+    """A phase from the previous phase's folder, or the baseline from the configured base."""
+    if arm not in (*PHASES, BASELINE):
+        raise ValueError(f"adapt: unknown phase {arm!r}: allowed {', '.join((*PHASES, BASELINE))}")
+    if base_dir is None:
+        if arm != BASELINE:
+            raise ValueError(f"adapt: phase {arm} needs --base (the previous phase's folder)")
+        src, revision = cfg.base.source()
+        if revision is not None:
+            raise ValueError("adapt: a hub base trains the baseline from a local copy: pass --base")
+        base_dir = Path(src)
+    metrics = train_arm(cfg, arm, base_dir, curated, out, work, log)
+    write_metrics(metrics_path, metrics)
+    return metrics

@@ -336,7 +336,7 @@ def adapt_vocab(curated: Path = Path("data/curated"), out: Path = Path("data/ada
                 params: ParamsOpt = Path("params.yaml"), profiles: ProfilesOpt = Path("configs")) -> None:
     """Adaptation path: train a Korean BPE, merge it into the English base's tokenizer (old ids
     unchanged), grow the embeddings and initialise the new rows by sub-token decomposition."""
-    from adapt import stage
+    from adapt import vocab_stage as stage
     from adapt.config import AdaptConfig
     from dasi.stage import run_stage
 
@@ -358,7 +358,7 @@ def adapt_train(phase: Annotated[str, typer.Argument(
                 params: ParamsOpt = Path("params.yaml"), profiles: ProfilesOpt = Path("configs")) -> None:
     """Adaptation path: one training phase from the previous phase's model, or the baseline arm
     (the base with its own tokenizer, as many tokens as all phases together)."""
-    from adapt import stage
+    from adapt import train as stage
     from adapt.config import AdaptConfig
     from dasi.stage import run_stage
 
@@ -367,7 +367,7 @@ def adapt_train(phase: Annotated[str, typer.Argument(
     metrics = metrics or Path("metrics/adapt") / f"{phase}.json"
     run_stage(f"adapt-{phase.replace('_', '-')}", {"adapt": AdaptConfig},
               [curated] + ([base] if base else []), [out, work, metrics],
-              lambda cfg, log: stage.run_train(cfg, phase, base, curated, out, work, metrics, log),
+              lambda cfg, log: stage.run(cfg, phase, base, curated, out, work, metrics, log),
               params, profiles)
 
 
@@ -380,7 +380,7 @@ def adapt_eval(adapted: Path = Path("data/adapt/lora"), baseline: Path = Path("d
                params: ParamsOpt = Path("params.yaml"), profiles: ProfilesOpt = Path("configs")) -> None:
     """Adaptation path: token ratio, and bits per byte of the base, the adapted model and the
     baseline arm on held-out text, with issue 11's goals checked."""
-    from adapt import stage
+    from adapt import compare as stage
     from adapt.config import PHASES, AdaptConfig
     from dasi.stage import run_stage
 

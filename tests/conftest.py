@@ -150,3 +150,15 @@ def build_tiny_llama(folder: Path, tokenizer: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, tokenizer_dir) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "base", tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def teachers_dir(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct built once per session by the teacher stage's own code (~30 s), for
+    the generation tests and the adaptation path (its English base)."""
+    from data_gen.teacher import build_teacher
+    from tests.data_gen.conftest import SMOLLM2, EventLog
+
+    root = tmp_path_factory.mktemp("teachers")
+    build_teacher("smollm2", SMOLLM2, root / "smollm2", EventLog())
+    return root

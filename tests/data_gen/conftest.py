@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from data_gen.teacher import TeacherSpec
 
 SMOLLM2 = TeacherSpec(
@@ -54,12 +52,3 @@ class EventLog:
 
     def event(self, name: str, **fields) -> None:
         self.events.append((name, fields))
-
-
-@pytest.fixture(scope="session")
-def teachers_dir(tmp_path_factory) -> Path:
-    from data_gen.teacher import build_teacher
-
-    root = tmp_path_factory.mktemp("teachers")
-    build_teacher("smollm2", SMOLLM2, root / "smollm2", EventLog())
-    return root

@@ -32,14 +32,18 @@ def repo(tmp_path_factory) -> Path:
     files = sh(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], REPO).stdout
     for rel in filter(None, files.split("\0")):
         src = REPO / rel
-        if src.is_file() and not rel.startswith(("logs/", "data/", "metrics/")) and rel != "dvc.lock":
+        if src.is_file() and not rel.startswith(("logs/", "data/", "metrics/")) and rel not in LOCKS:
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / rel)
     sh(["git", "init", "-q"], dst)
     sh(["git", "add", "-A"], dst)
     sh(["git", "-c", "user.name=ci", "-c", "user.email=ci@dasi", "commit", "-qm", "e2e"], dst)
     sh(["dvc", "repro"], dst)
+    sh(["dvc", "repro", "adapt/dvc.yaml"], dst)  # the adaptation path, on the same curated data
     return dst
+
+
+LOCKS = ("dvc.lock", "adapt/dvc.lock")
 
 
 def test_data_half_outputs(repo):
@@ -136,6 +140,29 @@ def test_model_half_outputs(repo):
         assert key in shown, key
 
 
+def test_adaptation_path_outputs(repo):
+    """`dvc repro adapt/dvc.yaml`: the merged tokenizer's ratio, every phase and the baseline on as
+    many tokens, and the comparison with each goal's outcome recorded (met or not)."""
+    from transformers import AutoTokenizer
+
+    vocab = json.loads((repo / "metrics/adapt/vocab.json").read_text())
+    base = AutoTokenizer.from_pretrained(repo / "data/teachers/smollm2-135m-instruct")
+    merged = AutoTokenizer.from_pretrained(repo / "data/adapt/lora")
+    assert len(merged) == len(base) + vocab["merge"]["added"] > len(base)
+    old = base.get_vocab()
+    assert {t: i for t, i in merged.get_vocab().items() if t in old} == old  # old ids unchanged
+    result = json.loads((repo / "metrics/adapt.json").read_text())
+    assert result["format"] == "adapt/1" and 0 < result["token_ratio"]["heldout_korean"] < 1
+    assert result["training_tokens"]["adapted"] == result["training_tokens"]["baseline"] > 0
+    assert set(result["bpb"]) == {"base", "adapted", "baseline"}
+    assert all(set(r) == {"ko", "en"} for r in result["bpb"].values())
+    assert set(result["checks"]) == {"token_ratio_at_most_goal", "ko_bpb_below_baseline",
+                                     "en_bpb_within_5pct_of_base"}
+    for stage in ("embed-head", "odd-layers", "even-layers", "lora", "baseline"):
+        rows = json.loads((repo / f"plots/adapt-{stage}/train.json").read_text())
+        assert rows and all("loss" in r for r in rows)
+
+
 def test_release_checksums_match(repo):
     rel = repo / "releases" / "tiny"
     assert sh(["sha256sum", "-c", "--quiet", "SHA256SUMS"], rel).returncode == 0
@@ -164,12 +191,12 @@ RELEASE_FILES = ("SHA256SUMS", "README.md", "results.json", "dvc.lock")
 
 def test_forced_rerun_is_bit_identical(repo):
     """`dvc repro -f` of everything after the teachers gives the same bytes: every hash in
-    dvc.lock, every metrics file and the release (pretrain reuses its finished checkpoints,
+    dvc.lock and adapt/dvc.lock, every metrics file and the release (pretrain reuses its finished checkpoints,
     generate its shards: both were made from the same fingerprint)."""
     sh(["git", "add", "-A"], repo)
     sh(["git", "-c", "user.name=ci", "-c", "user.email=ci@dasi", "commit", "-qm", "first run"], repo)
     sh(["dvc", "repro", "-f", "--downstream", "seeds"], repo)
-    diff = sh(["git", "diff", "--stat", "--", "dvc.lock", "metrics", "releases"], repo).stdout
+    diff = sh(["git", "diff", "--stat", "--", *LOCKS, "metrics", "releases"], repo).stdout
     assert diff == "", f"a forced re-run changed:\n{diff}"
 
 
