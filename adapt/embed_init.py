@@ -25,12 +25,15 @@ class InitReport:
         return asdict(self)
 
 
-def decompose(token: str, base_bpe: Any) -> list[int]:
-    """Base ids of ``token`` (a byte-level string) under the base BPE model."""
-    ids = [t.id for t in base_bpe.tokenize(token)]
-    if not ids:
-        raise ValueError(f"adapt: token {token!r} has no decomposition under the base tokenizer")
-    return ids
+def decompose(token_id: int, merged_tok: Any, base_bpe: Any) -> list[int]:
+    """Base ids of the merged tokenizer's token ``token_id``: the base BPE model (``tokenizers``'
+    ``Tokenizer.model``) run on the token's byte-level string."""
+    token = merged_tok.convert_ids_to_tokens(token_id)
+    pieces = base_bpe.tokenize(token)
+    # a string the base alphabet cannot cover loses characters silently: refuse it instead
+    if not pieces or "".join(p.value for p in pieces) != token:
+        raise ValueError(f"adapt: token {token_id} ({token!r}) does not decompose into base tokens")
+    return [p.id for p in pieces]
 
 
 def init_new_rows(model: Any, merged_tok: Any, base_tok: Any, old_vocab: int) -> InitReport:
@@ -42,24 +45,26 @@ def init_new_rows(model: Any, merged_tok: Any, base_tok: Any, old_vocab: int) ->
     old_out = None if (tied or out_layer is None) else out_layer.weight.detach().clone()
 
     new_size = len(merged_tok)
-    # a model padded past its tokenizer keeps its rows (the new ids overwrite unused padding)
+    # mean_resizing=False: every new row is set below, so transformers' own init of them (a sample
+    # around the old rows' mean) would only cost time. A model padded past its tokenizer keeps its
+    # rows (the new ids overwrite unused padding).
     model.resize_token_embeddings(max(new_size, old_in.shape[0]), mean_resizing=False)
     inp = model.get_input_embeddings().weight
     out_w = None if (tied or out_layer is None) else model.get_output_embeddings().weight
 
     base_bpe = base_tok.backend_tokenizer.model
-    id_to_token = {i: t for t, i in merged_tok.get_vocab().items()}
     pieces = 0
     with torch.no_grad():
         for new_id in range(old_vocab, new_size):
-            ids = decompose(id_to_token[new_id], base_bpe)
+            ids = decompose(new_id, merged_tok, base_bpe)
             pieces += len(ids)
             inp[new_id] = old_in[ids].mean(dim=0)
-            if out_w is not None:
+            if out_w is not None:  # an untied head: its new rows from its own old rows
                 out_w[new_id] = old_out[ids].mean(dim=0)
     if tied:
         model.tie_weights()
-        assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+        if model.get_output_embeddings().weight is not model.get_input_embeddings().weight:
+            raise RuntimeError("adapt: the resized model's output head is no longer tied to its embedding")
     rows = new_size - old_vocab
     return InitReport(old_vocab=old_vocab, new_rows=rows, tied=tied,
                       mean_pieces=round(pieces / rows, 4) if rows else 0.0)

@@ -9,6 +9,7 @@ English and code tokenize exactly as before."""
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -65,8 +66,12 @@ class MergeReport:
     base_vocab: int
     added: int = 0
     final_vocab: int = 0
+    # Korean merges not taken, by reason (over_limit: the ones left when max_new_tokens was reached)
     skipped: dict[str, int] = field(default_factory=lambda: {"already_in_base": 0, "ascii_only": 0,
                                                              "part_missing": 0, "over_limit": 0})
+    # new tokens that the merged BPE does not produce even from their own string (base merges
+    # rank first and can join their bytes differently): rows that training will never see
+    unreachable: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,43 +84,60 @@ def _merge_pairs(merges: list) -> tuple[list[tuple[str, str]], bool]:
     return [tuple(m) for m in merges], False  # type: ignore[misc]
 
 
+def _new_merges(korean_merges: list[tuple[str, str]], vocab: set[str], added: set[str], max_new: int,
+                report: MergeReport) -> list[tuple[str, str]]:
+    """The Korean merges to append, in the Korean BPE's order (the rules are in merge_vocab).
+    ``vocab``: the BPE's tokens, grown as merges are taken; ``added``: the added tokens' strings,
+    which the BPE model never produces and so cannot be a merge's part."""
+    taken: list[tuple[str, str]] = []
+    for n, (a, b) in enumerate(korean_merges):
+        if len(taken) == max_new:
+            report.skipped["over_limit"] = len(korean_merges) - n
+            break
+        token = a + b
+        raw = token_bytes(token)
+        if token in vocab or token in added:
+            report.skipped["already_in_base"] += 1
+        elif raw is None or raw.isascii():
+            report.skipped["ascii_only"] += 1
+        elif a not in vocab or b not in vocab:
+            report.skipped["part_missing"] += 1
+        else:
+            taken.append((a, b))
+            vocab.add(token)
+    return taken
+
+
+def _unreachable(merged_json: dict[str, Any], new_tokens: list[str]) -> int:
+    bpe = Tokenizer.from_str(json.dumps(merged_json)).model
+    return sum(1 for t in new_tokens if [p.value for p in bpe.tokenize(t)] != [t])
+
+
 def merge_vocab(base_json: dict[str, Any], korean: Tokenizer,
                 max_new_tokens: int) -> tuple[dict[str, Any], MergeReport]:
-    """``base_json`` (a tokenizer.json) with the Korean BPE's new tokens and merges appended."""
+    """``base_json`` (a tokenizer.json) with the Korean BPE's new tokens and merges appended.
+
+    A Korean merge (a, b) is taken when a+b is not yet a token (of the vocab or the added tokens),
+    a and b both are (base or taken before), and a+b holds a non-ASCII byte; at most
+    ``max_new_tokens`` are taken. New ids follow the largest id in use. ``base_json`` is left as it was."""
     model = base_json["model"]
     if model.get("type") != "BPE":
         raise ValueError(f"adapt.vocab: the base tokenizer is {model.get('type')}, not BPE")
-    vocab: dict[str, int] = dict(model["vocab"])
-    base_merges, as_strings = _merge_pairs(model["merges"])
-    used = [*vocab.values(), *(t["id"] for t in base_json.get("added_tokens", []))]
-    next_id = max(used) + 1
+    added_tokens = base_json.get("added_tokens") or []
+    used = [*model["vocab"].values(), *(t["id"] for t in added_tokens)]
     report = MergeReport(base_vocab=len(set(used)))
-    new_merges: list[tuple[str, str]] = []
     korean_merges, _ = _merge_pairs(json.loads(korean.to_str())["model"]["merges"])
-    for a, b in korean_merges:
-        token = a + b
-        if token in vocab:
-            report.skipped["already_in_base"] += 1
-            continue
-        raw = token_bytes(token)
-        if raw is None or raw.isascii():
-            report.skipped["ascii_only"] += 1
-            continue
-        if a not in vocab or b not in vocab:
-            report.skipped["part_missing"] += 1
-            continue
-        if report.added >= max_new_tokens:
-            report.skipped["over_limit"] += 1
-            continue
-        vocab[token] = next_id
-        next_id += 1
-        new_merges.append((a, b))
-        report.added += 1
-    merged = json.loads(json.dumps(base_json))  # a deep copy: the base dict is left as it was
-    merged["model"]["vocab"] = vocab
-    appended = [f"{a} {b}" for a, b in new_merges] if as_strings else [[a, b] for a, b in new_merges]
-    merged["model"]["merges"] = list(model["merges"]) + appended
-    report.final_vocab = next_id
+    taken = _new_merges(korean_merges, set(model["vocab"]), {t["content"] for t in added_tokens},
+                        max_new_tokens, report)
+
+    merged = copy.deepcopy(base_json)
+    next_id = max(used) + 1
+    merged["model"]["vocab"].update({a + b: next_id + i for i, (a, b) in enumerate(taken)})
+    _, as_strings = _merge_pairs(model["merges"])
+    merged["model"]["merges"] += [f"{a} {b}" if as_strings else [a, b] for a, b in taken]
+    report.added = len(taken)
+    report.final_vocab = next_id + len(taken)
+    report.unreachable = _unreachable(merged, [a + b for a, b in taken])
     return merged, report
 
 
@@ -125,17 +147,23 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 def save_merged(base_dir: Path, merged_json: dict[str, Any], out_dir: Path) -> None:
     """A transformers tokenizer folder: the base folder's tokenizer files, tokenizer.json replaced.
-    ``out_dir`` may be ``base_dir`` (then only tokenizer.json is rewritten)."""
+    ``out_dir`` may be ``base_dir`` (then only tokenizer.json is rewritten). Slow-tokenizer files
+    (vocab.json, merges.txt) are not copied: they would describe the old vocabulary."""
     base_dir, out_dir = Path(base_dir), Path(out_dir)
     if base_dir.resolve() == out_dir.resolve():
-        (out_dir / "tokenizer.json").write_text(json.dumps(merged_json, ensure_ascii=False), encoding="utf-8")
+        _write_tokenizer_json(out_dir / "tokenizer.json", merged_json)
         return
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         for name in TOKENIZER_FILES:
             if (base_dir / name).is_file():
                 shutil.copy2(base_dir / name, tmp / name)
-        (tmp / "tokenizer.json").write_text(json.dumps(merged_json, ensure_ascii=False), encoding="utf-8")
+        _write_tokenizer_json(tmp / "tokenizer.json", merged_json)
+
+
+def _write_tokenizer_json(path: Path, content: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(content, ensure_ascii=False), encoding="utf-8")
 
 
 def token_ratio(texts: list[str], new_tok: Any, base_tok: Any) -> dict[str, Any]:

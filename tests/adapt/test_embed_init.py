@@ -8,18 +8,25 @@ import torch
 
 from adapt.embed_init import decompose, init_new_rows
 from adapt.vocab import merge_vocab, save_merged, train_korean_bpe
-from tests.adapt.tiny import english_llama, korean_texts
+from tests.adapt.tiny import ENGLISH, english_llama, korean_texts
+
+
+def merged_tokenizer(base_dir: Path, out: Path, vocab_size: int, max_new: int):
+    from transformers import AutoTokenizer
+
+    base = AutoTokenizer.from_pretrained(str(base_dir))
+    korean = train_korean_bpe(korean_texts(), base.backend_tokenizer, vocab_size, 2)
+    merged_json, _ = merge_vocab(json.loads(base.backend_tokenizer.to_str()), korean, max_new)
+    save_merged(base_dir, merged_json, out)
+    return base, AutoTokenizer.from_pretrained(str(out))
 
 
 def grown(tmp_path: Path, tied: bool):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """A tiny English Llama (its own byte-level BPE) grown by 200 Korean tokens."""
+    from transformers import AutoModelForCausalLM
 
     base_dir = english_llama(tmp_path / "base", tied=tied)
-    base = AutoTokenizer.from_pretrained(str(base_dir))
-    korean = train_korean_bpe(korean_texts(), base.backend_tokenizer, 900, 2)
-    merged_json, _ = merge_vocab(json.loads(base.backend_tokenizer.to_str()), korean, 200)
-    save_merged(base_dir, merged_json, tmp_path / "tok")
-    merged = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    base, merged = merged_tokenizer(base_dir, tmp_path / "tok", 900, 200)
     model = AutoModelForCausalLM.from_pretrained(str(base_dir))
     before_in = model.get_input_embeddings().weight.detach().clone()
     before_out = model.get_output_embeddings().weight.detach().clone()
@@ -32,31 +39,80 @@ def test_new_rows_are_the_mean_of_their_decomposition(tmp_path: Path, tied: bool
     model, base, merged, before_in, before_out, report = grown(tmp_path, tied)
     emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
     assert emb.shape[0] == head.shape[0] == len(merged) == len(base) + report.new_rows
+    assert model.config.vocab_size == len(merged)
     assert report.new_rows == 200 and report.tied is tied
     assert torch.equal(emb[: len(base)], before_in)  # old rows bit-identical
     assert torch.equal(head[: len(base)], before_out)
     assert (head is emb) is tied
-    vocab, checked = merged.get_vocab(), 0
-    for token in ("의", "에", "법"):  # syllables that kolaw text surely adds, each 3 bytes
-        byte_level = merged.convert_ids_to_tokens(merged(token, add_special_tokens=False)["input_ids"])[0]
-        new_id = vocab[byte_level]
-        if new_id < len(base):
-            continue
-        ids = decompose(byte_level, base.backend_tokenizer.model)
+    assert (model.get_output_embeddings().weight is model.get_input_embeddings().weight) is tied
+    bpe, pieces = base.backend_tokenizer.model, 0
+    for new_id in range(len(base), len(merged)):
+        ids = decompose(new_id, merged, bpe)
+        pieces += len(ids)
         assert len(ids) >= 2 and all(i < len(base) for i in ids)
         assert torch.equal(emb[new_id], before_in[ids].mean(dim=0))
         if not tied:  # the head's row comes from the head's old rows, not from the embedding
             assert torch.equal(head[new_id], before_out[ids].mean(dim=0))
             assert not torch.equal(head[new_id], emb[new_id])
-        checked += 1
-    assert checked == 3
+    assert report.mean_pieces == round(pieces / 200, 4)
 
 
-def test_every_new_token_decomposes_into_old_ids(tmp_path: Path) -> None:
-    model, base, merged, *_ , report = grown(tmp_path, tied=False)
-    new = [t for t, i in merged.get_vocab().items() if i >= len(base)]
-    assert len(new) == report.new_rows
-    for token in new:
-        ids = decompose(token, base.backend_tokenizer.model)
-        assert base.convert_tokens_to_string(base.convert_ids_to_tokens(ids)) == \
-            merged.convert_tokens_to_string([token])
+def test_a_known_syllable_is_the_mean_of_its_three_bytes(tmp_path: Path) -> None:
+    """'의' (EC 9D 98) is a new token: its row is the float32 mean of the rows of its 3 bytes."""
+    model, base, merged, before_in, *_ = grown(tmp_path, tied=False)
+    (new_id,) = merged("의", add_special_tokens=False)["input_ids"]
+    assert new_id >= len(base)
+    byte_ids = base("의", add_special_tokens=False)["input_ids"]  # the English BPE: one id a byte
+    assert len(byte_ids) == 3 and decompose(new_id, merged, base.backend_tokenizer.model) == byte_ids
+    row = model.get_input_embeddings().weight[new_id]
+    assert row.dtype == torch.float32
+    assert torch.equal(row, (before_in[byte_ids[0]] + before_in[byte_ids[1]] + before_in[byte_ids[2]]) / 3)
+
+
+def test_every_new_token_decomposes_into_the_same_bytes(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    base_dir = english_llama(tmp_path / "base")
+    base, merged = merged_tokenizer(base_dir, tmp_path / "tok", 900, 200)
+    for new_id in range(len(base), len(merged)):
+        ids = decompose(new_id, merged, base.backend_tokenizer.model)
+        assert "".join(base.convert_ids_to_tokens(ids)) == merged.convert_ids_to_tokens(new_id)
+    # a token outside the byte alphabet would lose characters silently: refused
+    odd = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    odd.add_tokens(["한글"])
+    with pytest.raises(ValueError, match="does not decompose"):
+        decompose(len(odd) - 1, odd, base.backend_tokenizer.model)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_english_logits_over_the_old_vocabulary_are_unchanged(tmp_path: Path, tied: bool) -> None:
+    from transformers import AutoModelForCausalLM
+
+    base_dir = english_llama(tmp_path / "base", tied=tied)
+    base, merged = merged_tokenizer(base_dir, tmp_path / "tok", 900, 200)
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir)).eval()
+    ids = torch.tensor([base(ENGLISH)["input_ids"]])
+    assert ids.equal(torch.tensor([merged(ENGLISH)["input_ids"]]))
+    with torch.no_grad():
+        before = model(ids).logits
+        init_new_rows(model, merged, base, old_vocab=len(base))
+        after = model(ids).logits
+    assert after.shape[-1] == len(merged) and torch.equal(after[..., : len(base)], before)
+
+
+def test_smollm2_grows_and_stays_tied(teachers_dir: Path, tmp_path: Path) -> None:
+    """The real base: SmolLM2-135M-Instruct (tied), 300 new tokens."""
+    from transformers import AutoModelForCausalLM
+
+    base_dir = teachers_dir / "smollm2"
+    base, merged = merged_tokenizer(base_dir, tmp_path / "tok", 2000, 300)
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    before = model.get_input_embeddings().weight.detach().clone()
+    report = init_new_rows(model, merged, base, old_vocab=len(base))
+    assert report.tied and report.new_rows == 300 and report.mean_pieces >= 2
+    emb = model.get_input_embeddings().weight
+    assert model.get_output_embeddings().weight is emb and emb.shape[0] == len(merged) == len(base) + 300
+    assert model.config.vocab_size == len(merged) and torch.equal(emb[: len(base)], before)
+    for new_id in (len(base), len(base) + 150, len(merged) - 1):
+        parts = decompose(new_id, merged, base.backend_tokenizer.model)
+        assert torch.equal(emb[new_id], before[parts].mean(dim=0))
