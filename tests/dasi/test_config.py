@@ -54,6 +54,7 @@ def test_unknown_key_and_wrong_type():
 
 
 def test_every_profile_validates_every_section(tmp_path):
+    from adapt.config import AdaptConfig
     from dasi.release import ReleaseConfig
     from dasi.runlog import LoggingConfig
     from dasi.stage import load_stage
@@ -74,7 +75,7 @@ def test_every_profile_validates_every_section(tmp_path):
                 "curate": CurateConfig, "tokenizer": TokenizerConfig, "pack": PackConfig,
                 "model": ModelConfig, "pretrain": PretrainConfig, "export": ExportConfig,
                 "sft": SFTConfig, "evaluate": EvaluateConfig, "release": ReleaseConfig,
-                "logging": LoggingConfig}
+                "adapt": AdaptConfig, "logging": LoggingConfig}
     for profile in ("tiny", "kormo-1b", "kormo-10.8b"):
         params = tmp_path / f"{profile}.yaml"
         params.write_text(f"profile: {profile}\n")
