@@ -14,7 +14,8 @@ def test_every_command_has_help():
     assert top.returncode == 0
     for cmd in ("config", "teacher", "seeds", "generate", "plan", "sft-data", "curate", "tokenizer", "pack",
                 "pretrain", "export",
-                "sft", "evaluate", "release", "params", "count-params"):
+                "sft", "evaluate", "release", "params", "count-params", "adapt-vocab", "adapt-train",
+                "adapt-eval"):
         out = dasi(cmd, "--help")
         assert out.returncode == 0 and "Usage" in out.stdout, cmd
 
