@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
 
 from adapt.config import PHASES, AdaptConfig
 from adapt.phases import apply_phase, merged, trainable_names
@@ -102,6 +109,7 @@ def train_arm(cfg: AdaptConfig, arm: str, base_dir: Path, curated: Path, out: Pa
     if len(tok) > model.config.vocab_size:
         raise ValueError(f"adapt: tokenizer of {base_dir} has {len(tok)} tokens, the model "
                          f"{model.config.vocab_size}")
+    set_seed(cfg.train.seed)  # peft draws the LoRA matrices before the Trainer seeds anything
     if arm != BASELINE:
         model = apply_phase(model, arm, cfg.lora)
     trainable = trainable_names(model)

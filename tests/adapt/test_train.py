@@ -62,6 +62,16 @@ def test_phases_in_sequence_change_only_what_they_train(inputs, tmp_path: Path) 
     assert not any(k.startswith("base_model") or "lora" in k for k in weights(prev))  # plain HF weights
 
 
+def test_lora_phase_is_deterministic(inputs, tmp_path: Path) -> None:
+    """peft draws its matrices when the model is wrapped: seeded, two runs give the same weights."""
+    base, curated = inputs
+    cfg = adapt_config(base)
+    first, _, _ = run(cfg, "lora", base, curated, tmp_path, "a")
+    torch.manual_seed(12345)  # whatever the global generator holds before the phase starts
+    second, _, _ = run(cfg, "lora", base, curated, tmp_path, "b")
+    assert changed(weights(first), weights(second)) == set()
+
+
 def test_baseline_trains_every_weight_on_as_many_tokens(inputs, tmp_path: Path) -> None:
     base, curated = inputs
     cfg = adapt_config(base)
