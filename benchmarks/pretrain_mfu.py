@@ -1,6 +1,6 @@
 """Model FLOPs utilisation (MFU) and tokens/s/GPU of the 1B proxy, training on one GPU in bf16.
 
-    python benchmarks/pretrain_mfu.py [--steps 10] [--warmup 3] [--micro-batch-size 2]
+    python benchmarks/pretrain_mfu.py [--steps 10] [--warmup 3] [--micro-batch-size 2] [--compile]
     python benchmarks/pretrain_mfu.py --device cpu --layers 2 --hidden-size 64 --seq-length 128 \\
         --micro-batch-size 1 --micro-batches 1 --steps 2 --warmup 1          # CPU smoke test
 
@@ -10,7 +10,8 @@ distributed optimizer on GPU, ``_run_schedule``: megatron's forward-backward sch
 random tokens: what pretraining ships is what is measured. Each timed step is
 ``--micro-batches`` forward+backward passes, the grad sync, the optimizer step and the LR
 scheduler step (the H100 figures of 2026-11-26 were measured with the earlier hand-written
-micro-batch loop, before training moved to megatron's schedule). The last line printed is one JSON object.
+micro-batch loop, those of 2026-11-27 with megatron's schedule). ``--compile`` compiles the
+transformer layers as ``pretrain.compile`` does. The last line printed is one JSON object.
 
 FLOPs per token and the device peaks: :mod:`pretrain.flops` (the formula is documented there).
 MFU is null on CPU.
@@ -59,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--core-attention", choices=["default", "sdpa", "megatron"], default="default",
                     help="local layers' core attention: what pretraining uses here (default), "
                          "SdpaAttention, or megatron's DotProductAttention")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile each transformer layer (pretrain.compile)")
     ap.add_argument("--peak-tflops", type=float, help="override the device's dense bf16 peak")
     args = ap.parse_args(argv)
     if min(args.steps, args.micro_batch_size, args.micro_batches, args.seq_length) < 1 or args.warmup < 0:
@@ -119,7 +122,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # CPU pipeline does.
     cfg = PretrainConfig(train_steps=steps + 1, micro_batch_size=args.micro_batch_size,
                          global_batch_size=args.micro_batch_size * args.micro_batches,
-                         warmup_steps=1, bf16=gpu)
+                         warmup_steps=1, bf16=gpu, compile=args.compile)
     with distributed(seed=cfg.seed):
         chunks = build_chunks(m, bf16=cfg.bf16, use_te=use_te, sdpa=sdpa, train=cfg)
         core = layer_spec(use_te, sdpa).submodules.self_attention.submodules.core_attention
@@ -132,7 +135,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         _wire(model, cfg)
         opt, sched = _optimizer(cfg, model)
         batches = random_batches(m, args.micro_batch_size, args.micro_batches, args.device)
-        times, loss = [], float("nan")
+        times, warmup_s, loss = [], 0.0, float("nan")
         for step in range(steps):
             if gpu:
                 torch.cuda.synchronize()
@@ -147,6 +150,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 torch.cuda.synchronize()
             if step >= args.warmup:
                 times.append(time.perf_counter() - t)
+            else:
+                warmup_s += time.perf_counter() - t
         device_name = torch.cuda.get_device_name() if gpu else "cpu"
         max_memory = torch.cuda.max_memory_allocated() / 2**30 if gpu else None
         flash = flash_attention_runs(m) if gpu else None
@@ -165,12 +170,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "mfu": mfu(False), "mfu_causal": mfu(True),
         "tokens_per_s_per_gpu": round(tokens_per_s, 1), "model_tflops_per_s": round(achieved, 2),
         "step_s_median": round(statistics.median(times), 4), "step_s_mean": round(sum(times) / len(times), 4),
-        "steps": args.steps, "warmup": args.warmup, "micro_batch_size": args.micro_batch_size,
+        "steps": args.steps, "warmup": args.warmup, "warmup_s": round(warmup_s, 1),
+        "micro_batch_size": args.micro_batch_size,
         "micro_batches": args.micro_batches, "tokens_per_step": tokens_per_step,
         "seq_length": m.seq_length, "layers": m.num_layers, "hidden_size": m.hidden_size,
         "parameters": parameter_count(m), "matmul_parameters": matmul_params(m),
         "flops_per_token": flops_per_token(m), "layer_spec": "transformer_engine" if use_te else "local",
-        "core_attention": core.__name__, "sdpa_flash_gqa": flash, "last_loss": round(loss, 4),
+        "core_attention": core.__name__, "compile": args.compile, "sdpa_flash_gqa": flash,
+        "last_loss": round(loss, 4),
         "max_memory_allocated_gib": None if max_memory is None else round(max_memory, 2),
         "torch": torch.__version__, "megatron_core": megatron.core.__version__,
     }

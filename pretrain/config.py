@@ -102,6 +102,8 @@ class PretrainConfig(StrictModel):
     overlap_grad_reduce: bool = Field(False, description="reduce gradients while backward runs")
     overlap_param_gather: bool = Field(False, description="gather parameters while forward runs "
                                        "(distributed optimizer: GPU only)")
+    compile: bool = Field(False, description="torch.compile each transformer layer: inductor fuses "
+                          "the norms, RoPE, SwiGLU and residual adds around the matmuls")
     async_save: bool = Field(False, description="write checkpoints in the background (dist_checkpointing)")
     document_masking: bool = Field(False, description="attention and positions reset at every EOD: "
                                    "a token sees only its own document")

@@ -273,6 +273,9 @@ def train(m: ModelConfig, cfg: PretrainConfig, manifest: Path, ckpt_dir: Path, l
             # for this, which are not built yet. Refuse rather than train without the masking.
             raise ConfigError("pretrain.document_masking: not supported with Transformer Engine layers yet "
                               "(TE's causal attention ignores an explicit mask); the local layers run it")
+        if cfg.compile and spec == "transformer_engine":
+            log.event("compile_skipped", reason="Transformer Engine layers run their own fused kernels; "
+                      "pretrain.compile applies to the local layers")
         chunks = build_chunks(m, cfg.bf16, use_te=spec == "transformer_engine",
                               tokenizer_vocab=load_manifest(manifest).vocab_size, train=cfg)
         ddp = DistributedDataParallelConfig(

@@ -306,6 +306,10 @@ def build_chunks(m: ModelConfig, bf16: bool = False, use_te: bool | None = None,
     vpp = mpu.get_virtual_pipeline_model_parallel_world_size()
     chunks = [_gpt(m, config, spec, i if vpp else None) for i in range(vpp or 1)]
     for chunk in chunks:
+        # Transformer Engine layers bring their own fused kernels: compile is for the local ones.
+        if train is not None and train.compile and not meta \
+                and not (have_transformer_engine() if use_te is None else use_te):
+            compile_layers(chunk)
         if meta:
             chunk.to("meta")
         elif on_gpu():
@@ -314,6 +318,24 @@ def build_chunks(m: ModelConfig, bf16: bool = False, use_te: bool | None = None,
     if n != want:
         raise AssertionError(f"built model has {n:,} parameters, parameter_count says {want:,}")
     return chunks
+
+
+def compile_layers(chunk: torch.nn.Module) -> None:
+    """``torch.compile`` every transformer layer of ``chunk`` in place (``Module.compile``: the
+    state-dict keys stay as they are, so checkpoints do not change). The layers share one class,
+    so they share the compiled code; the first step pays the compilation.
+
+    megatron's row-parallel linear issues a DeprecationWarning (hidden by default) on every
+    forward; dynamo would break the layer's graph there, so it skips ``warnings.warn`` in traced
+    code (``ignore_logging_functions``; ``ignore_logger_methods`` before torch 2.10)."""
+    import warnings
+
+    dynamo = torch._dynamo.config
+    ignored = dynamo.ignore_logging_functions if hasattr(dynamo, "ignore_logging_functions") \
+        else dynamo.ignore_logger_methods
+    ignored.add(warnings.warn)
+    for layer in chunk.decoder.layers:
+        layer.compile()
 
 
 def build_gpt(m: ModelConfig, bf16: bool = False, use_te: bool | None = None,

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The 1B-proxy MFU benchmark on a lent GPU machine (no network, torch there, no megatron-core):
 # installs the wheels carried in .whl/ (megatron-core, pydantic and its needs for Python 3.12),
-# then runs benchmarks/pretrain_mfu.py three times (2 minutes on an H100, 2026-11-26):
-#   sdpa-mb4      what pretraining runs there (SdpaAttention), micro-batch 4, 4 per step (the best measured)
-#   megatron-mb1  megatron's DotProductAttention (s x s matrices in memory: mb 1 to fit), 8 per step
-#   sdpa-mb1      SdpaAttention on megatron-mb1's batches, for the like-for-like comparison
+# then runs benchmarks/pretrain_mfu.py once per name in MFU_RUNS (default: the first three):
+#   sdpa-mb4          eager layers, SdpaAttention, micro-batch 4, 4 per step (best of 2026-11-26)
+#   compile-mb4       the same with torch.compile'd transformer layers (pretrain.compile)
+#   compile-mb2       compiled, micro-batch 2, 8 per step (the same tokens per step)
+#   megatron-mb1      megatron's DotProductAttention (s x s matrices in memory: mb 1 to fit), 8 per step
+#   sdpa-mb1          SdpaAttention on megatron-mb1's batches, for the like-for-like comparison
 # Writes $OUT/mfu.jsonl (one JSON line per run that finished), $OUT/<run>.log and $OUT/env.txt;
-# prints a table last. MFU_NO_WHEELS=1 and MFU_EXTRA (flags appended to every run, e.g. --device
-# cpu and a small shape) are for a dry run of this script where the packages are installed.
+# prints a table last. Compiled runs log dynamo's graph breaks and recompiles into their .log.
+# MFU_NO_WHEELS=1 and MFU_EXTRA (flags appended to every run, e.g. --device cpu and a small
+# shape) are for a dry run of this script where the packages are installed.
 set -u
 OUT=${OUT:-/tmp/mfu_out}
 mkdir -p "$OUT"
@@ -32,16 +35,25 @@ bench() {  # name, time limit (s), benchmark flags...
     local rc=$?
     tail -1 "$OUT/$name.log" | grep '^{' >>"$OUT/mfu.jsonl" || { echo "$name failed (rc $rc):"; tail -5 "$OUT/$name.log"; }
 }
-bench sdpa-mb4 180 --core-attention sdpa --micro-batch-size 4 --micro-batches 4 --warmup 3 --steps 8
-bench megatron-mb1 120 --core-attention megatron --micro-batch-size 1 --micro-batches 8 --warmup 2 --steps 3
-bench sdpa-mb1 120 --core-attention sdpa --micro-batch-size 1 --micro-batches 8 --warmup 2 --steps 3
+for run in ${MFU_RUNS:-sdpa-mb4 compile-mb4 compile-mb2}; do
+    case $run in
+        sdpa-mb4) bench "$run" 180 --core-attention sdpa --micro-batch-size 4 --micro-batches 4 --warmup 3 --steps 8 ;;
+        compile-mb4) TORCH_LOGS=graph_breaks,recompiles bench "$run" 300 --compile --core-attention sdpa \
+            --micro-batch-size 4 --micro-batches 4 --warmup 3 --steps 8 ;;
+        compile-mb2) TORCH_LOGS=graph_breaks,recompiles bench "$run" 240 --compile --core-attention sdpa \
+            --micro-batch-size 2 --micro-batches 8 --warmup 3 --steps 8 ;;
+        megatron-mb1) bench "$run" 120 --core-attention megatron --micro-batch-size 1 --micro-batches 8 --warmup 2 --steps 3 ;;
+        sdpa-mb1) bench "$run" 120 --core-attention sdpa --micro-batch-size 1 --micro-batches 8 --warmup 2 --steps 3 ;;
+        *) echo "unknown run $run" ;;
+    esac
+done
 
 python3 - "$OUT/mfu.jsonl" <<'TABLE'
 import json, os, sys
 rows = [json.loads(line) for line in open(sys.argv[1])] if os.path.exists(sys.argv[1]) else []
-cols = ["core_attention", "micro_batch_size", "micro_batches", "mfu", "mfu_causal", "tokens_per_s_per_gpu",
+cols = ["core_attention", "compile", "micro_batch_size", "micro_batches", "mfu", "mfu_causal", "tokens_per_s_per_gpu",
         "step_s_median", "max_memory_allocated_gib", "sdpa_flash_gqa", "device"]
 print(" | ".join(cols))
 for r in rows:
-    print(" | ".join(str(r[c]) for c in cols))
+    print(" | ".join(str(r.get(c)) for c in cols))
 TABLE
