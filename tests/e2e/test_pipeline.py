@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,13 +23,17 @@ def sh(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
                DVC_NO_ANALYTICS="1")
     out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     if check and out.returncode != 0:
-        raise AssertionError(f"{args} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+        # A full disk fails dvc's cache writes with little said: the free space goes in the message.
+        free = shutil.disk_usage(cwd).free / 2**30
+        raise AssertionError(f"{args} failed ({out.returncode}, {free:.1f} GiB free on disk):\n"
+                             f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     return out
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    """A clean copy of the working tree (tracked + unignored files) as its own git repo."""
+def repo(tmp_path_factory) -> Iterator[Path]:
+    """A clean copy of the working tree (tracked + unignored files) as its own git repo, removed
+    after the module's tests (with both pipelines' outputs and DVC cache it holds about 8 GB)."""
     dst = tmp_path_factory.mktemp("e2e") / "repo"
     files = sh(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], REPO).stdout
     for rel in filter(None, files.split("\0")):
@@ -41,7 +46,8 @@ def repo(tmp_path_factory) -> Path:
     sh(["git", "-c", "user.name=ci", "-c", "user.email=ci@dasi", "commit", "-qm", "e2e"], dst)
     sh(["dvc", "repro"], dst)
     sh(["dvc", "repro", "adapt/dvc.yaml"], dst)  # the adaptation path, on the same curated data
-    return dst
+    yield dst
+    shutil.rmtree(dst.parent, ignore_errors=True)
 
 
 LOCKS = ("dvc.lock", "adapt/dvc.lock")
