@@ -16,18 +16,12 @@ from dasi.atomic import write_json
 def _bpb(model_dir: str, revision: str | None, texts: dict[str, list[str]], window: int) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from evals.bpb import NLL, text_nll
+    from evals.bpb import texts_nll
 
     tok = AutoTokenizer.from_pretrained(model_dir, revision=revision)
     model = AutoModelForCausalLM.from_pretrained(model_dir, revision=revision, dtype=torch.float32).eval()
-    out = {}
-    with torch.no_grad():
-        for lang, docs in texts.items():
-            total = NLL()
-            for text in docs:
-                total.add(text_nll(model, tok, text, window, max(1, window // 2)))
-            out[lang] = {"bpb": total.bpb, "tokens": total.tokens, "bytes": total.bytes, "docs": total.docs}
-    return out
+    return {lang: {"bpb": n.bpb, "tokens": n.tokens, "bytes": n.bytes, "docs": n.docs}
+            for lang, n in texts_nll(model, tok, texts, window).items()}
 
 
 def run_eval(cfg: AdaptConfig, adapted: Path, baseline: Path, vocab_metrics: Path, phase_metrics: list[Path],

@@ -98,14 +98,12 @@ class BlockDataset(torch.utils.data.IterableDataset):
                  start: int, count: int) -> None:
         self.args = (curated, tok, seq_length, lang_weights)
         self.start, self.count = start, count
-        self.last: BlockStream | None = None
 
     def __len__(self) -> int:
         return self.count
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        self.last = stream = BlockStream(*self.args)
-        for i, (_, block) in enumerate(stream):
+        for i, (_, block) in enumerate(BlockStream(*self.args)):
             if i >= self.start + self.count:
                 return
             if i >= self.start:

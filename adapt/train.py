@@ -24,7 +24,6 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     Trainer,
-    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
@@ -33,6 +32,7 @@ from adapt.config import PHASES, AdaptConfig
 from adapt.phases import apply_phase, merged, trainable_names
 from adapt.stream import BlockDataset, range_summary
 from dasi.atomic import atomic_path, write_json
+from dasi.hf_trainer import MirrorToRunLog
 from dasi.provenance import sha256_path, sha256_text
 from dasi.resume import check_fingerprint, record_fingerprint, restart
 from data_gen.curated import MANIFEST_FILE
@@ -65,15 +65,6 @@ def _args(cfg: AdaptConfig, arm: str, work: Path, steps: int) -> TrainingArgumen
         use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
         save_only_model=False, include_num_input_tokens_seen=True,
     )
-
-
-class _MirrorToRunLog(TrainerCallback):
-    def __init__(self, log: Any) -> None:
-        self.log = log
-
-    def on_log(self, args, state, control, logs=None, **kwargs) -> None:  # noqa: ANN001
-        if logs and state.is_world_process_zero:
-            self.log.log({f"train/{k}": v for k, v in logs.items()}, step=state.global_step)
 
 
 def _latest_checkpoint(work: Path) -> Path | None:
@@ -121,7 +112,7 @@ def train_arm(cfg: AdaptConfig, arm: str, base_dir: Path, curated: Path, out: Pa
     start, count, steps = block_range(cfg, arm)
     data = BlockDataset(curated, tok, cfg.train.seq_length, cfg.train.lang_weights, start, count)
     trainer = Trainer(model=model, args=_args(cfg, arm, work, steps), train_dataset=data,
-                      callbacks=[_MirrorToRunLog(log)])
+                      callbacks=[MirrorToRunLog(log)])
     if latest is not None:
         log.event("resume", step=int(latest.name.split("-")[1]), checkpoint=str(latest))
     result = trainer.train(resume_from_checkpoint=str(latest) if latest else None)

@@ -64,3 +64,16 @@ def text_nll(model: Any, tok: Any, text: str, window: int, stride: int) -> NLL:
     bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     nll, n = token_nll(model, [bos, *ids], window, stride)
     return NLL(nll=nll, tokens=n, bytes=len(text.encode("utf-8")), docs=1)
+
+
+def texts_nll(model: Any, tok: Any, texts: dict[str, list[str]], window: int,
+              stride: int | None = None) -> dict[str, NLL]:
+    """The summed NLL of each language's documents (``stride`` defaults to half the window)."""
+    stride = stride or max(1, window // 2)
+    result = {}
+    for lang, docs in texts.items():
+        total = NLL()
+        for text in docs:
+            total.add(text_nll(model, tok, text, window, stride))
+        result[lang] = total
+    return result

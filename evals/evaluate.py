@@ -26,7 +26,7 @@ from dasi.atomic import write_json
 from dasi.runlog import RunLog
 from dasi.strict import StrictModel
 from data_gen.curated import iter_docs
-from evals.bpb import NLL, text_nll
+from evals.bpb import NLL, texts_nll
 from evals.harness import HUMAN_EVAL_MAX_NEW_TOKENS, TaskSpec, run_in_child
 from evals.peers import ModelRef, PeerSpec, all_models
 from evals.sandbox import Limits
@@ -102,14 +102,7 @@ def load_model(ref: ModelRef, dtype: str, device: str) -> tuple[Any, Any]:
 
 def model_bpb(model: Any, tok: Any, texts: dict[str, list[str]], cfg: EvaluateConfig) -> dict[str, NLL]:
     window = cfg.bpb_window or int(model.config.max_position_embeddings)
-    stride = cfg.bpb_stride or max(1, window // 2)
-    result = {}
-    for lang, docs in texts.items():
-        total = NLL()
-        for text in docs:
-            total.add(text_nll(model, tok, text, window, stride))
-        result[lang] = total
-    return result
+    return texts_nll(model, tok, texts, window, cfg.bpb_stride)
 
 
 def code_tasks(model: Any, tok: Any, cfg: EvaluateConfig, name: str, log: RunLog) -> dict[str, Any]:

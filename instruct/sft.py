@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 
 from dasi.atomic import atomic_path, write_json
 from dasi.hf_save import save_tokenizer
+from dasi.hf_trainer import MirrorToRunLog
 from instruct.chats import SEED_FILE, Chat, read_chats, split_heldout
 from instruct.config import SHARDINGS, SFTConfig
 
@@ -101,15 +102,6 @@ def heldout_loss(model: torch.nn.Module, examples: list[dict[str, Any]], collato
         nll = {k: s[0].item() for k, s in zip(keys, sums, strict=True)}
         count = {k: int(s[1].item()) for k, s in zip(keys, sums, strict=True)}
     return {k: nll[k] / count[k] for k in sorted(nll) if count[k]}
-
-
-class _MirrorToRunLog(TrainerCallback):
-    def __init__(self, log: Any) -> None:
-        self.log = log
-
-    def on_log(self, args, state, control, logs=None, **kwargs) -> None:  # noqa: ANN001
-        if logs and state.is_world_process_zero:
-            self.log.log({f"train/{k}": v for k, v in logs.items()}, step=state.global_step)
 
 
 class _HeldoutAtStart(TrainerCallback):
@@ -241,7 +233,7 @@ def train(cfg: SFTConfig, base: Path, tokenizer_dir: Path | None, extra_chats: l
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f".{Path(out).name}.trainer-", dir=Path(out).parent))
     try:
-        trainer = build_trainer(cfg, model, tok, train_chats, heldout, workdir, [_MirrorToRunLog(log)])
+        trainer = build_trainer(cfg, model, tok, train_chats, heldout, workdir, [MirrorToRunLog(log)])
         held = list(trainer.eval_dataset) if heldout else []
         start = _HeldoutAtStart(held, trainer.data_collator, cfg.eval_batch_size, log)
         if held:
