@@ -40,7 +40,7 @@ def test_compiled_layers_match_eager_loss_grads_and_state_dict_keys() -> None:
         torch.testing.assert_close(grad, eager_grads[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_compile_wraps_every_layer_once() -> None:
+def test_compile_wraps_every_decoder_layer() -> None:
     """Every decoder layer is compiled in place; the embedding and output layer are not."""
     cfg = PretrainConfig(train_steps=2, micro_batch_size=2, warmup_steps=1, compile=True)
     with distributed(seed=cfg.seed):
