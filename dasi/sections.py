@@ -38,6 +38,7 @@ SECTIONS = {
     "sft": "instruct.sft:SFTConfig",
     "evaluate": "evals.evaluate:EvaluateConfig",
     "adapt": "adapt.config:AdaptConfig",
+    "pretrain_tpu": "pretrain_tpu.config:PretrainTpuConfig",
     "release": "dasi.release:ReleaseConfig",
 }
 # Keys of a profile that are not validated sections.

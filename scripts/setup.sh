@@ -5,6 +5,9 @@
 # version, each file checked against its sha256, with --no-deps so that nothing else comes in; then
 # dasi itself, editable, without deps. A run whose packages differ from the lock logs an
 # env_differs_from_lock event (dasi/provenance.py).
+# Then the TPU path's MaxText venv, .venv-maxtext (MaxText needs Python >= 3.12; dasi runs on 3.11):
+# $DASI_PYTHON312 (default: pyenv's 3.12.1, else python3.12) with requirements/maxtext.txt as
+# constraints; DASI_MAXTEXT=0 skips it (pretrain_tpu's stages and tests then say how to get it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-python3.11}
@@ -39,5 +42,17 @@ fi
 if ! command -v bwrap >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) >/dev/null 2>&1 \
     || echo "setup: warning: apt-get could not install bubblewrap (evaluate's code tasks will stop)" >&2
+fi
+if [ "${DASI_MAXTEXT:-1}" = 1 ]; then
+  PY312=${DASI_PYTHON312:-}
+  if [ -z "$PY312" ]; then
+    PY312=$(command -v pyenv >/dev/null && echo "$(pyenv root)/versions/3.12.1/bin/python" || true)
+    [ -x "$PY312" ] || PY312=python3.12
+  fi
+  [ -x .venv-maxtext/bin/python ] || "$PY312" -m venv .venv-maxtext
+  # libtpu (~0.5 GB) stays: the same venv runs on a TPU VM; on a CPU it is not loaded.
+  .venv-maxtext/bin/pip install -q -c requirements/maxtext.txt "maxtext[tpu]==0.2.5" 2>&1 | quiet
+  .venv-maxtext/bin/python -c "import jax, maxtext; print('maxtext env ok: jax', jax.__version__, '|', jax.devices()[0].platform)" \
+    2>&1 | grep -v -i "tpu\|warn"
 fi
 .venv/bin/python -c "import torch, megatron.core, transformers, vllm, datatrove; print('dasi env ok: torch', torch.__version__, '| vllm', vllm.__version__)" 2>&1 | grep -v -i "triton"

@@ -1,6 +1,7 @@
 """Every DVC stage lists, in its deps, every project module its command runs.
 
-The command of a stage is ``dasi <sub>``; its code is the ``<sub>`` function of ``dasi/cli.py``
+The command of a stage is ``dasi <sub>`` (or ``dasi-tpu <sub>``); its code is the ``<sub>`` function of
+``dasi/cli.py`` (``pretrain_tpu/cli.py``)
 (plus ``main`` and the CLI module's own imports) and every project module those import,
 transitively, including imports inside functions (stages import lazily). A module missing from
 ``deps`` is a change DVC would not notice: the stage would keep outputs made by other code.
@@ -16,8 +17,11 @@ import yaml
 
 from tests.conftest import REPO
 
-PACKAGES = {"dasi", "data_gen", "pretrain", "evals", "instruct", "adapt"}
+PACKAGES = {"dasi", "data_gen", "pretrain", "evals", "instruct", "adapt", "pretrain_tpu"}
 CLI = REPO / "dasi" / "cli.py"
+CLIS = {"dasi": (CLI, "dasi"), "dasi-tpu": (REPO / "pretrain_tpu" / "cli.py", "pretrain_tpu")}
+# Run, not imported: the MaxText venv's Python runs it as a script for pretrain_tpu/venv.py.
+SUBPROCESS_SCRIPTS = {REPO / "pretrain_tpu" / "venv.py": REPO / "pretrain_tpu" / "maxtext_side.py"}
 
 
 def module_file(name: str) -> Path | None:
@@ -83,26 +87,29 @@ def command_functions(tree: ast.Module) -> dict[str, ast.FunctionDef]:
 
 
 def stage_modules(cmd: str) -> set[Path]:
-    """Every project module file that ``dasi <sub> ...`` runs."""
+    """Every project module file that ``dasi <sub> ...`` (``dasi-tpu <sub> ...``) runs."""
     words = cmd.split()
-    assert words[0] == "dasi", f"stage command does not start with dasi: {cmd!r}"
-    tree = ast.parse(CLI.read_text())
+    assert words[0] in CLIS, f"stage command does not start with {' or '.join(CLIS)}: {cmd!r}"
+    cli, package = CLIS[words[0]]
+    tree = ast.parse(cli.read_text())
     funcs = command_functions(tree)
-    assert words[1] in funcs, f"dasi has no sub-command {words[1]!r}"
+    assert words[1] in funcs, f"{words[0]} has no sub-command {words[1]!r}"
     top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
     main = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main"]
     helpers = [n for n in tree.body if isinstance(n, ast.FunctionDef)
                and n.name in {c.id for c in ast.walk(funcs[words[1]]) if isinstance(c, ast.Name)}]
-    start = imported_modules([*top, *main, *helpers, funcs[words[1]]]) | {"dasi"}
+    start = imported_modules([*top, *main, *helpers, funcs[words[1]]]) | {package}
     if words[1] == "config":  # it imports every section's config class by name
         from dasi.sections import SECTIONS
 
         start |= {target.split(":")[0] for target in SECTIONS.values()}
     # cli.py itself runs, but only these parts of it: its other commands' imports are not walked.
-    return closure(start) | {CLI}
+    found = closure(start) | {cli}
+    return found | {script for module, script in SUBPROCESS_SCRIPTS.items() if module in found}
 
 
-PIPELINES = ("dvc.yaml", "adapt/dvc.yaml")  # the main pipeline and the adaptation path
+# the main pipeline, the adaptation path and the TPU path
+PIPELINES = ("dvc.yaml", "adapt/dvc.yaml", "pretrain_tpu/dvc.yaml")
 
 
 def stages() -> dict[str, dict]:

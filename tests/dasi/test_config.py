@@ -69,13 +69,14 @@ def test_every_profile_validates_every_section(tmp_path):
     from pretrain.export import ExportConfig
     from pretrain.pack import PackConfig
     from pretrain.tokenizer import TokenizerConfig
+    from pretrain_tpu.config import PretrainTpuConfig
 
     sections = {"teacher": TeachersConfig, "seeds": SeedsConfig, "generate": GenerateConfig,
                 "sft_data": SftDataConfig,
                 "curate": CurateConfig, "tokenizer": TokenizerConfig, "pack": PackConfig,
                 "model": ModelConfig, "pretrain": PretrainConfig, "export": ExportConfig,
                 "sft": SFTConfig, "evaluate": EvaluateConfig, "release": ReleaseConfig,
-                "adapt": AdaptConfig, "logging": LoggingConfig}
+                "adapt": AdaptConfig, "logging": LoggingConfig, "pretrain_tpu": PretrainTpuConfig}
     for profile in ("tiny", "kormo-1b", "kormo-10.8b"):
         params = tmp_path / f"{profile}.yaml"
         params.write_text(f"profile: {profile}\n")

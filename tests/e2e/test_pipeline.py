@@ -21,6 +21,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 def sh(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
                DVC_NO_ANALYTICS="1")
+    # the copy has no .venv-maxtext (ignored): the TPU path uses this checkout's
+    env.setdefault("DASI_MAXTEXT_PYTHON", str(REPO / ".venv-maxtext" / "bin" / "python"))
     out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     if check and out.returncode != 0:
         # A full disk fails dvc's cache writes with little said: the free space goes in the message.
@@ -46,11 +48,12 @@ def repo(tmp_path_factory) -> Iterator[Path]:
     sh(["git", "-c", "user.name=ci", "-c", "user.email=ci@dasi", "commit", "-qm", "e2e"], dst)
     sh(["dvc", "repro"], dst)
     sh(["dvc", "repro", "adapt/dvc.yaml"], dst)  # the adaptation path, on the same curated data
+    sh(["dvc", "repro", "pretrain_tpu/dvc.yaml"], dst)  # the TPU path (MaxText), on the same packed data
     yield dst
     shutil.rmtree(dst.parent, ignore_errors=True)
 
 
-LOCKS = ("dvc.lock", "adapt/dvc.lock")
+LOCKS = ("dvc.lock", "adapt/dvc.lock", "pretrain_tpu/dvc.lock")
 
 
 def test_data_half_outputs(repo):
@@ -168,6 +171,34 @@ def test_adaptation_path_outputs(repo):
     for stage in ("embed-head", "odd-layers", "even-layers", "lora", "baseline"):
         rows = json.loads((repo / f"plots/adapt-{stage}/train.json").read_text())
         assert rows and all("loss" in r for r in rows)
+
+
+def test_tpu_path_outputs(repo):
+    """`dvc repro pretrain_tpu/dvc.yaml`: MaxText trained every step; its export matches its own
+    forward pass; from the same weights on the same batches its first loss is Megatron's, and the
+    first steps (same batches, same schedule) stay together before the engines drift."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    init = json.loads((repo / "metrics/tpu/init.json").read_text())
+    assert init["maxtext_import"]["passed"] and init["megatron_import"]["passed"]
+    pre = json.loads((repo / "metrics/tpu/pretrain.json").read_text())
+    assert pre["engine"] == "maxtext" and pre["steps"] == 300
+    assert pre["final_train_loss"] < pre["first_train_loss"] - 1
+    export = json.loads((repo / "metrics/tpu/export.json").read_text())
+    assert export["passed"] and export["max_abs_logit_diff"] < 1e-4 and export["checkpoint_step"] == 300
+    trainer = json.loads((repo / "data/hf/base-tpu/dasi_trainer.json").read_text())
+    assert trainer["trainer"] == "maxtext" and trainer["versions"]["maxtext"] == "0.2.5"
+    model = AutoModelForCausalLM.from_pretrained(repo / "data/hf/base-tpu", dtype=torch.float32)
+    assert sum(p.numel() for p in model.parameters()) == export["parameters"]
+    cmp = json.loads((repo / "metrics/tpu/compare.json").read_text())
+    assert cmp["steps"] == 300 and cmp["first_step"]["abs_diff"] <= 1e-4
+    assert cmp["loss_abs_diff"]["first_10_max"] < 1e-3  # the same first batches, in the same order
+    assert cmp["lr_max_abs_diff"] < 1e-8  # the same schedule
+    rows = json.loads((repo / "plots/tpu/compare.json").read_text())
+    assert len(rows) == 300 and {"step", "maxtext", "megatron"} == set(rows[0])
+    # nothing of MaxText's outside the tree: no persistent compile cache in the home folder
+    assert not (Path.home() / "jax_cache").exists()
 
 
 def test_release_checksums_match(repo):
