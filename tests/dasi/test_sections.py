@@ -71,7 +71,7 @@ def test_a_bad_value_is_one_line_and_nothing_is_written(tmp_path, text, says):
 def test_dvc_repro_stops_at_config_before_removing_any_output(tmp_path, text, says):
     """The probes of issue 7: DVC removed data/seeds before the stage refused the value."""
     for item in ("dvc.yaml", ".dvcignore", "configs", "dasi", "data_gen", "pretrain", "evals", "instruct",
-                 "adapt"):
+                 "adapt", "pretrain_tpu"):
         src = REPO / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / item)
     (tmp_path / "params.yaml").write_text(text)
