@@ -48,7 +48,7 @@ def run(
             cfg,
             ["export-hf", str(items.resolve()), str(tmp.resolve()), f"--config={tmp / 'config.json'}"],
             log,
-            transcript=Path(scratch) / "export.log",
+            transcript=shared_init.transcript(log),
         )
         mt = shared_init.maxtext_logits(cfg, keys, items, ids, Path(scratch), log)
         hf = shared_init.hf_logits(tmp, ids)
@@ -59,12 +59,7 @@ def run(
             **shared_init.parity(mt, hf, cfg.max_logit_diff),
             "parameters": int(sum(t.numel() for t in _weights(tmp).values())),
         }
-        if not result["passed"]:
-            write_json(metrics, result)
-            raise shared_init.ParityError(
-                f"export parity failed: max |logit diff| "
-                f"{result['max_abs_logit_diff']:.3g} >= {cfg.max_logit_diff}"
-            )
+        shared_init.require_parity(result, "export", result, metrics)
         meta = json.loads((checkpoints / train.FINGERPRINT).read_text())
         write_json(
             tmp / TRAINER_FILE,

@@ -48,6 +48,11 @@ def write_hf_init(m: ModelConfig, seed: int, tokenizer_dir: Path, folder: Path) 
     )
 
 
+def transcript(log: Any) -> Path:
+    """Where a stage's MaxText calls write their output: one file in its run log's folder."""
+    return Path(log.dir) / "maxtext.log"
+
+
 def hf_logits(folder: Path, ids: torch.Tensor) -> np.ndarray:
     from transformers import AutoModelForCausalLM
 
@@ -59,7 +64,8 @@ def hf_logits(folder: Path, ids: torch.Tensor) -> np.ndarray:
 def maxtext_logits(
     cfg: PretrainTpuConfig, keys: dict[str, Any], items: Path, ids: torch.Tensor, work: Path, log: Any
 ) -> np.ndarray:
-    """MaxText's own forward pass of checkpoint ``items`` on ``ids`` (through the venv)."""
+    """MaxText's own forward pass of checkpoint ``items`` on ``ids`` (through the venv); ``work`` holds
+    the hand-off files, the run log's folder MaxText's output."""
     yml = work / "logits.yml"
     yml.write_text(run_config.to_yaml(keys))
     np.savez(work / "tokens.npz", tokens=ids.numpy().astype(np.int32))
@@ -67,7 +73,7 @@ def maxtext_logits(
         cfg,
         ["logits", str(yml), str(Path(items).resolve()), str(work / "tokens.npz"), str(work / "logits.npz")],
         log,
-        transcript=work / "maxtext.log",
+        transcript=transcript(log),
     )
     return np.load(work / "logits.npz")["logits"]
 
@@ -81,6 +87,17 @@ def parity(reference: np.ndarray, other: np.ndarray, gate: float) -> dict[str, A
         "argmax_agreement": float((reference.argmax(-1) == other.argmax(-1)).mean()),
         "passed": diff < gate,
     }
+
+
+def require_parity(result: dict[str, Any], what: str, report: dict[str, Any], metrics: Path) -> None:
+    """Stop when ``result`` (of :func:`parity`) missed its gate: ``report`` goes to ``metrics``, and
+    the caller's atomic output is never published."""
+    if not result["passed"]:
+        write_json(metrics, report)
+        raise ParityError(
+            f"{what} parity failed: max |logit diff| {result['max_abs_logit_diff']:.3g} >= "
+            f"{result['max_logit_diff']}; nothing was written"
+        )
 
 
 def parity_ids(manifest: Path, m: ModelConfig, verify: str) -> torch.Tensor:
@@ -111,17 +128,12 @@ def run(
             cfg,
             args + (["--scan-layers"] if cfg.scan_layers else []),
             log,
-            transcript=Path(scratch) / "import.log",
+            transcript=transcript(log),
         )
         items = tmp / MAXTEXT / "0" / "items"
         mt = maxtext_logits(cfg, keys, items, ids, Path(scratch), log)
         report["maxtext_import"] = parity(reference, mt, cfg.max_logit_diff)
-        if not report["maxtext_import"]["passed"]:
-            write_json(metrics, report)
-            raise ParityError(
-                f"MaxText import parity failed: {report['maxtext_import']['max_abs_logit_diff']:.3g}"
-                f" >= {cfg.max_logit_diff}; nothing was written"
-            )
+        require_parity(report["maxtext_import"], "MaxText import", report, metrics)
         mg = import_hf.run(
             m, tmp / HF, tmp / MEGATRON, log, max_logit_diff=cfg.max_logit_diff, parity_tokens=PARITY_TOKENS
         )

@@ -25,7 +25,7 @@ from dasi.model_config import ModelConfig
 from dasi.provenance import sha256_file
 from pretrain.config import PretrainConfig
 from pretrain.pack import verify_manifest
-from pretrain_tpu import launch, run_config, venv
+from pretrain_tpu import launch, run_config, shared_init, venv
 from pretrain_tpu.config import PretrainTpuConfig
 
 FINGERPRINT = "fingerprint.json"
@@ -118,7 +118,7 @@ def _launch(
         cfg,
         [*args, *run_config.overrides(paths)],
         log,
-        transcript=log.dir / "maxtext.log",
+        transcript=shared_init.transcript(log),
         progress=(out / METRICS_FILE, p.train_steps),
     )
 
