@@ -7,22 +7,12 @@ import math
 import pytest
 
 from dasi.config import ConfigError
-from dasi.model_config import ModelConfig
 from pretrain.config import PretrainConfig
 from pretrain.pack import verify_manifest
 from pretrain_tpu import run_config
 from pretrain_tpu.config import PretrainTpuConfig, chips
+from tests.pretrain_tpu.tiny import MODEL
 
-MODEL = ModelConfig(
-    hidden_size=64,
-    num_layers=2,
-    num_attention_heads=4,
-    num_query_groups=2,
-    ffn_hidden_size=192,
-    vocab_size=2048,
-    seq_length=128,
-    untie_embeddings=True,
-)
 PRE = PretrainConfig(train_steps=300, micro_batch_size=4, lr=3e-3, min_lr=3e-4, warmup_steps=20)
 
 

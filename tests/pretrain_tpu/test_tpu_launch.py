@@ -12,27 +12,28 @@ import pytest
 from tests.conftest import REPO
 
 
-def dry_run(tmp_path: Path, profile: str, packed: Path) -> str:
+def call_dry_run(tmp_path: Path, params_text: str, packed: Path) -> subprocess.CompletedProcess:
+    """`dasi-tpu pretrain --dry-run` with a params file holding ``params_text``."""
     params = tmp_path / "params.yaml"
-    params.write_text(f"profile: {profile}\n")
-    out = subprocess.run(
-        [
-            Path(sys.executable).parent / "dasi-tpu",
-            "pretrain",
-            "--dry-run",
-            "--packed",
-            str(packed),
-            "--params",
-            str(params),
-            "--profiles",
-            str(REPO / "configs"),
-            "--out",
-            str(tmp_path / "ck"),
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
+    params.write_text(params_text)
+    argv = [
+        Path(sys.executable).parent / "dasi-tpu",
+        "pretrain",
+        "--dry-run",
+        "--packed",
+        str(packed),
+        "--params",
+        str(params),
+        "--profiles",
+        str(REPO / "configs"),
+        "--out",
+        str(tmp_path / "ck"),
+    ]
+    return subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True)
+
+
+def dry_run(tmp_path: Path, profile: str, packed: Path) -> str:
+    out = call_dry_run(tmp_path, f"profile: {profile}\n", packed)
     assert out.returncode == 0, out.stderr
     assert not (tmp_path / "ck").exists() and not (tmp_path / "logs").exists()  # nothing written
     return out.stdout
@@ -81,24 +82,7 @@ def test_xpk_launch_of_kormo_1b(tmp_path, packed):
 
 
 def test_bad_tpu_type_stops_with_one_line(tmp_path, packed):
-    params = tmp_path / "params.yaml"
-    params.write_text("profile: kormo-1b\npretrain_tpu: {cluster: {tpu_type: v5p}}\n")
-    out = subprocess.run(
-        [
-            Path(sys.executable).parent / "dasi-tpu",
-            "pretrain",
-            "--dry-run",
-            "--packed",
-            str(packed),
-            "--params",
-            str(params),
-            "--profiles",
-            str(REPO / "configs"),
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
+    out = call_dry_run(tmp_path, "profile: kormo-1b\npretrain_tpu: {cluster: {tpu_type: v5p}}\n", packed)
     assert out.returncode == 2 and "pretrain_tpu.cluster.tpu_type" in out.stderr, out.stderr
 
 

@@ -8,23 +8,13 @@ import shutil
 
 import pytest
 
-from dasi.model_config import ModelConfig
 from pretrain.config import PretrainConfig
 from pretrain_tpu import shared_init, train, venv
 from pretrain_tpu.config import PretrainTpuConfig
+from tests.pretrain_tpu.tiny import MODEL
 
 pytestmark = pytest.mark.slow
 
-MODEL = ModelConfig(
-    hidden_size=64,
-    num_layers=2,
-    num_attention_heads=4,
-    num_query_groups=2,
-    ffn_hidden_size=192,
-    vocab_size=2048,
-    seq_length=128,
-    untie_embeddings=True,
-)
 PRE = PretrainConfig(train_steps=6, micro_batch_size=2, lr=3e-3, min_lr=3e-4, warmup_steps=2, save_interval=2)
 CFG = PretrainTpuConfig()
 
