@@ -58,6 +58,10 @@ class VocabConfig(StrictModel):
 class PhaseConfig(StrictModel):
     steps: PositiveInt
     learning_rate: float = Field(gt=0)
+    train_embeddings: bool = Field(False, description=(
+        "also train the input embeddings and the output head (at this phase's learning rate), so "
+        "that the new rows go on learning after embed_head, as Chinese-LLaMA trains them beside "
+        "LoRA; not for embed_head, which trains them anyway"))
 
 
 class LoraConfig(StrictModel):
@@ -119,6 +123,9 @@ class AdaptConfig(StrictModel):
         missing = [p for p in PHASES if p not in self.phases]
         if missing:
             raise ValueError(f"phases: missing {missing[0]!r}; the phases are {', '.join(PHASES)}")
+        if self.phases["embed_head"].train_embeddings:
+            raise ValueError("phases.embed_head.train_embeddings: embed_head trains the embeddings "
+                             "anyway; set it on odd_layers, even_layers or lora")
         return self
 
     @property

@@ -76,6 +76,7 @@ def _parts(cfg: AdaptConfig, arm: str, base_dir: Path, curated: Path) -> dict[st
     """What shapes the phase's checkpoints: the model it starts from, the data, and its settings."""
     settings = {"train": cfg.train.model_dump(mode="json"), "lr": _learning_rate(cfg, arm),
                 "range": block_range(cfg, arm),
+                "embeddings": arm != BASELINE and cfg.phases[arm].train_embeddings,
                 "lora": cfg.lora.model_dump(mode="json") if arm == "lora" else None}
     return {"base": sha256_path(base_dir), "data": sha256_path(curated / MANIFEST_FILE),
             "settings": sha256_text(json.dumps(settings, sort_keys=True))}
@@ -102,12 +103,13 @@ def train_arm(cfg: AdaptConfig, arm: str, base_dir: Path, curated: Path, out: Pa
                          f"{model.config.vocab_size}")
     set_seed(cfg.train.seed)  # peft draws the LoRA matrices before the Trainer seeds anything
     if arm != BASELINE:
-        model = apply_phase(model, arm, cfg.lora)
+        model = apply_phase(model, arm, cfg.lora, cfg.phases[arm].train_embeddings)
     trainable = trainable_names(model)
     n_train = sum(p.numel() for n, p in model.named_parameters() if n in trainable)
     n_all = sum(p.numel() for p in model.parameters())
     log.event("phase_setup", phase=arm, trainable_params=n_train, total_params=n_all,
-              trainable_tensors=len(trainable), vocab=len(tok))
+              trainable_tensors=len(trainable), vocab=len(tok),
+              train_embeddings=arm != BASELINE and cfg.phases[arm].train_embeddings)
 
     start, count, steps = block_range(cfg, arm)
     data = BlockDataset(curated, tok, cfg.train.seq_length, cfg.train.lang_weights, start, count)

@@ -11,6 +11,14 @@ vLLM's CPU backend chooses its own library (``_C_AVX2`` / ``_C_AVX512``) and att
 from ``torch.cpu._is_avx512_supported()`` and friends, not from these variables;
 :func:`pin_vllm_cpu_isa` makes those answer as an AVX2 host would.
 
+Not every kernel follows the pins. Measured on an Intel Xeon host (AVX-512, AMX): every pin in
+effect and vLLM's AVX2 library loaded, the ``generate`` stage's Gemma-3 text (bfloat16) differs
+from what the AMD EPYC (AVX2) host made (SmolLM2's English kept the same curation counts; its
+text was not compared, the earlier files were not at hand). A likely cause is a kernel
+whose blocking follows the host's cache sizes (oneDNN's matmul, which vLLM's CPU linear layers
+call): no ISA pin covers that. Outputs downstream of ``generate`` are therefore equal across
+hosts of one CPU model, not across vendors; the release test reports the files that differ.
+
 Set a variable yourself to override its pin (e.g. ``ATEN_CPU_CAPABILITY=avx512`` for speed on a
 host where bit-identity with the release does not matter); :func:`cpu_kernel_env` records what
 was in effect in every run's ``env.json``.

@@ -30,6 +30,7 @@ def section(**changes) -> dict:
     ({"train__lang_weights": {"en": 1.0}}, "give ko"),
     ({"base": {"path": "x", "hub_id": "y"}}, "exactly one of path"),
     ({"base": {"hub_id": "meta-llama/Llama-3.1-8B", "revision": "main"}}, "40-hex"),
+    ({"phases__embed_head__train_embeddings": True}, "embed_head.train_embeddings: embed_head trains"),
 ])
 def test_bad_values_stop_with_the_key(changes: dict, message: str) -> None:
     with pytest.raises(ValidationError, match=message):

@@ -93,11 +93,16 @@ def test_english_logits_over_the_old_vocabulary_are_unchanged(tmp_path: Path, ti
     model = AutoModelForCausalLM.from_pretrained(str(base_dir)).eval()
     ids = torch.tensor([base(ENGLISH)["input_ids"]])
     assert ids.equal(torch.tensor([merged(ENGLISH)["input_ids"]]))
+    old_head = model.get_output_embeddings().weight.detach().clone()
     with torch.no_grad():
         before = model(ids).logits
         init_new_rows(model, merged, base, old_vocab=len(base))
         after = model(ids).logits
-    assert after.shape[-1] == len(merged) and torch.equal(after[..., : len(base)], before)
+    assert torch.equal(model.get_output_embeddings().weight[: len(base)], old_head)
+    # a head with more rows is another GEMM shape: on some hosts (an AVX-512 Xeon) it sums in
+    # another order, so the old logits agree to rounding, not bit for bit
+    assert after.shape[-1] == len(merged)
+    torch.testing.assert_close(after[..., : len(base)], before, rtol=0, atol=1e-6)
 
 
 def test_smollm2_grows_and_stays_tied(teachers_dir: Path, tmp_path: Path) -> None:

@@ -54,3 +54,27 @@ def test_lora_trains_only_its_adapters_on_the_named_projections(untied: Path) ->
     assert names and all(".lora_A." in n or ".lora_B." in n for n in names)
     assert {n.split(".lora_")[0].rsplit(".", 1)[1] for n in names} == {"q_proj", "down_proj"}
     assert len(names) == 4 * 2 * 2  # 4 layers x 2 projections x (A, B)
+
+
+def test_a_layer_phase_with_embeddings_adds_exactly_them(untied: Path, tied: Path) -> None:
+    m = load(untied)
+    odd = layer_params(m, 1)
+    assert trainable_names(apply_phase(m, "odd_layers", LoraConfig(), train_embeddings=True)) == (
+        odd | {"model.embed_tokens.weight", "lm_head.weight"})
+    m = apply_phase(load(tied), "even_layers", LoraConfig(), train_embeddings=True)
+    assert trainable_names(m) == layer_params(m, 0) | {"model.embed_tokens.weight"}
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_lora_with_embeddings_trains_copies_the_head_follows(untied: Path, tied: Path, tie: bool) -> None:
+    lora = LoraConfig(r=2, alpha=4, target_modules=["q_proj"])
+    m = apply_phase(load(tied if tie else untied), "lora", lora, train_embeddings=True)
+    names = trainable_names(m)
+    copies = {n for n in names if ".lora_" not in n}
+    assert len(names - copies) == 4 * 2  # 4 layers x (A, B) on q_proj
+    expected = {"base_model.model.model.embed_tokens.modules_to_save.default.weight"}
+    if not tie:
+        expected.add("base_model.model.lm_head.modules_to_save.default.weight")
+    assert copies == expected
+    # the head computes with the trained copy when they are tied
+    assert (m.get_output_embeddings().weight is m.get_input_embeddings().weight) == tie

@@ -114,3 +114,46 @@ def test_an_interrupted_phase_resumes_to_the_same_weights(inputs, tmp_path: Path
     assert [r["step"] for r in read_jsonl(logdir / "metrics.jsonl") if "train/loss" in r] == [3, 4]
     assert changed(weights(straight), weights(out)) == set()  # bit-identical to the uninterrupted run
     assert metrics["steps"] == 4
+
+
+def test_phases_with_embeddings_also_change_them(inputs, tmp_path: Path) -> None:
+    base, curated = inputs
+    cfg = adapt_config(base, {"odd_layers": {"train_embeddings": True}, "lora": {"train_embeddings": True}})
+    embeddings = {"model.embed_tokens.weight", "lm_head.weight"}
+    out, _, logdir = run(cfg, "odd_layers", base, curated, tmp_path, "emb")
+    odd = {k for k in weights(base) if layer_index(k) is not None and layer_index(k) % 2 == 1}
+    assert changed(weights(base), weights(out)) == odd | embeddings
+    setup = [e for e in read_jsonl(logdir / "events.jsonl") if e["event"] == "phase_setup"][0]
+    assert setup["train_embeddings"] is True
+    merged, _, _ = run(cfg, "lora", out, curated, tmp_path, "emb")
+    lora = {k for k in weights(out) if k.endswith(("q_proj.weight", "v_proj.weight"))}
+    assert changed(weights(out), weights(merged)) == lora | embeddings
+    assert not any("lora" in k or "modules_to_save" in k for k in weights(merged))  # plain HF weights
+
+
+def test_lora_with_tied_embeddings_resumes_to_the_same_weights(tmp_path: Path, monkeypatch) -> None:
+    """The trained embedding copy lives in peft's checkpoint: a resume must not lose it."""
+    from transformers import AutoModelForCausalLM, Trainer
+
+    base, curated = english_llama(tmp_path / "tied", tied=True), curated_dir(tmp_path / "curated")
+    cfg = adapt_config(base, {"lora": {"steps": 4, "train_embeddings": True}})  # checkpoints at 2 and 4
+    straight, _, _ = run(cfg, "lora", base, curated, tmp_path, "straight")
+    assert "model.embed_tokens.weight" in changed(weights(base), weights(straight))
+    model = AutoModelForCausalLM.from_pretrained(str(straight))
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # still tied
+
+    real_step, calls = Trainer.training_step, {"n": 0}
+
+    def dies_at_third(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real_step(self, *a, **kw)
+
+    monkeypatch.setattr(Trainer, "training_step", dies_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, "lora", base, curated, tmp_path, "killed")
+    monkeypatch.setattr(Trainer, "training_step", real_step)
+    out, _, logdir = run(cfg, "lora", base, curated, tmp_path, "killed")
+    assert [e["step"] for e in read_jsonl(logdir / "events.jsonl") if e["event"] == "resume"] == [2]
+    assert changed(weights(straight), weights(out)) == set()
