@@ -26,6 +26,21 @@ def timed_run(cmd: list[str], **kw) -> float:
     return time.time() - t
 
 
+def time_between(cmd: list[str], first: Callable[[], bool], last: Callable[[], bool], **kw) -> float:
+    """Run to completion (raising on failure); returns the seconds from when ``first()`` held to
+    when ``last()`` did (polled every 10 ms): the window in which a kill lands mid-run on this
+    machine, whatever its speed."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+    marks = []
+    for done in (first, last):
+        while not done() and proc.poll() is None:
+            time.sleep(0.01)
+        marks.append(time.time())
+    err = proc.communicate()[1]
+    assert proc.returncode == 0, err.decode()[-3000:]
+    return marks[1] - marks[0]
+
+
 def kill_then_finish(cmd: list[str], delays: list[float], ready: Callable[[], bool] | None = None,
                      **kw) -> list[bool]:
     """For each delay, start ``cmd`` and SIGKILL its whole process group after that long (the

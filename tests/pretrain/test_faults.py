@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pretrain.stage import HISTORY_KEYS
-from tests.faults import kill_then_finish, seeded_delays, timed_run, tree_digest
+from tests.faults import kill_then_finish, seeded_delays, time_between, timed_run, tree_digest
 from tests.pretrain.conftest import PRETRAIN, ROOT, cli_workspace, dasi
 
 pytestmark = pytest.mark.slow
@@ -62,10 +62,15 @@ def test_pretrain_killed_anywhere_gives_the_uninterrupted_bytes(tmp_path, packed
                warmup_steps=1, eval_interval=5, eval_iters=1, save_interval=2)
     cmd = dasi(*PRETRAIN)
     ref, ws = cli_workspace(tmp_path / "ref", packed, cfg), cli_workspace(tmp_path / "run", packed, cfg)
-    timed_run(cmd, cwd=ref, env=ENV)
-    # seeded moments after the first checkpoint exists, so that a resume is always tested
-    killed = kill_then_finish(cmd, seeded_delays(5, 3, 0.0, 1.5), cwd=ws, env=ENV,
-                              ready=lambda: (ws / "checkpoints" / "latest").exists())
+    # seeded moments between the first checkpoint and the last one (as long apart as in an
+    # uninterrupted run here), so that a resume is always tested: a fixed delay could land after
+    # the last step on a fast host, and the next launch would only reuse the finished run
+    def checkpoint(root: Path, name: str):
+        return lambda: (root / "checkpoints" / name).exists()
+
+    window = time_between(cmd, checkpoint(ref, "latest"), checkpoint(ref, "iter_0000010"), cwd=ref, env=ENV)
+    killed = kill_then_finish(cmd, seeded_delays(5, 3, 0.0, 0.6 * window), cwd=ws, env=ENV,
+                              ready=checkpoint(ws, "latest"))
     assert any(killed) and "resume" in _events(ws)  # a kill landed after a checkpoint
 
     def outputs(root: Path) -> dict[str, str]:  # history/ holds wall times and launch counts
