@@ -38,6 +38,24 @@ def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> 
     return {k for k in before if not torch.equal(before[k], after[k])}
 
 
+def killed_at_third_step(cfg, arm: str, base: Path, curated: Path, root: Path, monkeypatch) -> None:
+    """Run ``arm`` as tag "killed" and interrupt it in its third training step (as a kill would)."""
+    from transformers import Trainer
+
+    real_step, calls = Trainer.training_step, {"n": 0}
+
+    def dies_at_third(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real_step(self, *a, **kw)
+
+    monkeypatch.setattr(Trainer, "training_step", dies_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, arm, base, curated, root, "killed")
+    monkeypatch.setattr(Trainer, "training_step", real_step)
+
+
 def test_phases_in_sequence_change_only_what_they_train(inputs, tmp_path: Path) -> None:
     base, curated = inputs
     cfg = adapt_config(base)
@@ -81,26 +99,13 @@ def test_baseline_trains_every_weight_on_as_many_tokens(inputs, tmp_path: Path) 
 
 
 def test_an_interrupted_phase_resumes_to_the_same_weights(inputs, tmp_path: Path, monkeypatch) -> None:
-    from transformers import Trainer
-
     base, curated = inputs
     cfg = adapt_config(base, {"embed_head": {"steps": 4}})  # checkpoints at 2 and 4
     straight, _, _ = run(cfg, "embed_head", base, curated, tmp_path, "straight")
 
-    real_step, calls = Trainer.training_step, {"n": 0}
-
-    def dies_at_third(self, *a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("killed")
-        return real_step(self, *a, **kw)
-
-    monkeypatch.setattr(Trainer, "training_step", dies_at_third)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, "embed_head", base, curated, tmp_path, "killed")
+    killed_at_third_step(cfg, "embed_head", base, curated, tmp_path, monkeypatch)
     work = tmp_path / "killed-work-embed_head"
     assert [p.name for p in work.glob("checkpoint-*")] == ["checkpoint-2"]
-    monkeypatch.setattr(Trainer, "training_step", real_step)
 
     # other settings with a checkpoint present: stop, delete nothing
     other = adapt_config(base, {"embed_head": {"steps": 4, "learning_rate": 0.5}})
@@ -133,7 +138,7 @@ def test_phases_with_embeddings_also_change_them(inputs, tmp_path: Path) -> None
 
 def test_lora_with_tied_embeddings_resumes_to_the_same_weights(tmp_path: Path, monkeypatch) -> None:
     """The trained embedding copy lives in peft's checkpoint: a resume must not lose it."""
-    from transformers import AutoModelForCausalLM, Trainer
+    from transformers import AutoModelForCausalLM
 
     base, curated = english_llama(tmp_path / "tied", tied=True), curated_dir(tmp_path / "curated")
     cfg = adapt_config(base, {"lora": {"steps": 4, "train_embeddings": True}})  # checkpoints at 2 and 4
@@ -142,18 +147,7 @@ def test_lora_with_tied_embeddings_resumes_to_the_same_weights(tmp_path: Path, m
     model = AutoModelForCausalLM.from_pretrained(str(straight))
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # still tied
 
-    real_step, calls = Trainer.training_step, {"n": 0}
-
-    def dies_at_third(self, *a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("killed")
-        return real_step(self, *a, **kw)
-
-    monkeypatch.setattr(Trainer, "training_step", dies_at_third)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, "lora", base, curated, tmp_path, "killed")
-    monkeypatch.setattr(Trainer, "training_step", real_step)
+    killed_at_third_step(cfg, "lora", base, curated, tmp_path, monkeypatch)
     out, _, logdir = run(cfg, "lora", base, curated, tmp_path, "killed")
     assert [e["step"] for e in read_jsonl(logdir / "events.jsonl") if e["event"] == "resume"] == [2]
     assert changed(weights(straight), weights(out)) == set()
