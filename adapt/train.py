@@ -53,6 +53,10 @@ def _learning_rate(cfg: AdaptConfig, arm: str) -> float:
     return cfg.baseline.learning_rate if arm == BASELINE else cfg.phases[arm].learning_rate
 
 
+def _train_embeddings(cfg: AdaptConfig, arm: str) -> bool:
+    return arm != BASELINE and cfg.phases[arm].train_embeddings
+
+
 def _args(cfg: AdaptConfig, arm: str, work: Path, steps: int) -> TrainingArguments:
     t = cfg.train
     return TrainingArguments(
@@ -76,7 +80,7 @@ def _parts(cfg: AdaptConfig, arm: str, base_dir: Path, curated: Path) -> dict[st
     """What shapes the phase's checkpoints: the model it starts from, the data, and its settings."""
     settings = {"train": cfg.train.model_dump(mode="json"), "lr": _learning_rate(cfg, arm),
                 "range": block_range(cfg, arm),
-                "embeddings": arm != BASELINE and cfg.phases[arm].train_embeddings,
+                "embeddings": _train_embeddings(cfg, arm),
                 "lora": cfg.lora.model_dump(mode="json") if arm == "lora" else None}
     return {"base": sha256_path(base_dir), "data": sha256_path(curated / MANIFEST_FILE),
             "settings": sha256_text(json.dumps(settings, sort_keys=True))}
@@ -103,13 +107,13 @@ def train_arm(cfg: AdaptConfig, arm: str, base_dir: Path, curated: Path, out: Pa
                          f"{model.config.vocab_size}")
     set_seed(cfg.train.seed)  # peft draws the LoRA matrices before the Trainer seeds anything
     if arm != BASELINE:
-        model = apply_phase(model, arm, cfg.lora, cfg.phases[arm].train_embeddings)
+        model = apply_phase(model, arm, cfg.lora, _train_embeddings(cfg, arm))
     trainable = trainable_names(model)
     n_train = sum(p.numel() for n, p in model.named_parameters() if n in trainable)
     n_all = sum(p.numel() for p in model.parameters())
     log.event("phase_setup", phase=arm, trainable_params=n_train, total_params=n_all,
               trainable_tensors=len(trainable), vocab=len(tok),
-              train_embeddings=arm != BASELINE and cfg.phases[arm].train_embeddings)
+              train_embeddings=_train_embeddings(cfg, arm))
 
     start, count, steps = block_range(cfg, arm)
     data = BlockDataset(curated, tok, cfg.train.seq_length, cfg.train.lang_weights, start, count)
