@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, PositiveInt, ValidationInfo, field_validator, model_validator
 
 from dasi.config import ConfigError
+from dasi.fsdp import check_fsdp_words
+from dasi.launch import Parallel, SlurmSpec
 from dasi.strict import StrictModel
 
 # The RedWhale phases, in order: embeddings + head, odd layers, even layers, LoRA (then merged).
@@ -75,7 +77,8 @@ class TrainConfig(StrictModel):
     """What every phase and the baseline share: the token stream and the batch shape."""
 
     seq_length: int = Field(gt=8)
-    batch_size: PositiveInt = Field(description="sequences per step (per device x grad_accum x ranks)")
+    batch_size: PositiveInt = Field(description="sequences per step, over all ranks (per device x "
+                                    "grad_accum x adapt.parallel.world_size)")
     grad_accum: PositiveInt = 1
     lang_weights: dict[Literal["ko", "en", "code"], float] = Field(
         description="share of each language's curated train text in the stream, e.g. {ko: 0.8, en: 0.2}")
@@ -109,6 +112,10 @@ class EvalConfig(StrictModel):
     bpb_window: PositiveInt | None = Field(None, description="default: train.seq_length")
 
 
+class AdaptSlurm(SlurmSpec):
+    job_name: str = "dasi-adapt"
+
+
 class AdaptConfig(StrictModel):
     base: BaseModelSpec
     vocab: VocabConfig
@@ -117,6 +124,23 @@ class AdaptConfig(StrictModel):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     baseline: BaselineConfig
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    parallel: Parallel = Field(default_factory=Parallel)
+    slurm: AdaptSlurm = Field(default_factory=AdaptSlurm)
+    fsdp: str = Field("", description="TrainingArguments.fsdp words, e.g. 'full_shard auto_wrap'; "
+                      "'' trains data parallel (DDP) when there are several ranks")
+    fsdp_wrap_layer: str | None = Field(None, description="e.g. LlamaDecoderLayer")
+
+    @field_validator("fsdp")
+    @classmethod
+    def _fsdp_words(cls, v: str) -> str:
+        return check_fsdp_words(v)
+
+    @field_validator("fsdp_wrap_layer")
+    @classmethod
+    def _wrap_needs_fsdp(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v and not info.data.get("fsdp"):
+            raise ValueError("a wrap layer needs adapt.fsdp (e.g. 'full_shard auto_wrap')")
+        return v
 
     @model_validator(mode="after")
     def _every_phase(self) -> AdaptConfig:
@@ -126,7 +150,15 @@ class AdaptConfig(StrictModel):
         if self.phases["embed_head"].train_embeddings:
             raise ValueError("phases.embed_head.train_embeddings: embed_head trains the embeddings "
                              "anyway; set it on odd_layers, even_layers or lora")
+        per_step = self.train.grad_accum * self.parallel.world_size
+        if self.train.batch_size % per_step:
+            raise ValueError(f"train.batch_size {self.train.batch_size} is not a multiple of grad_accum x "
+                             f"ranks ({self.train.grad_accum} x {self.parallel.world_size})")
         return self
+
+    @property
+    def per_device_batch(self) -> int:
+        return self.train.batch_size // (self.train.grad_accum * self.parallel.world_size)
 
     @property
     def total_steps(self) -> int:

@@ -4,7 +4,7 @@
 - ``odd_layers`` / ``even_layers``: the decoder layers whose 0-based index is odd / even
   (``model.layers.1``, ``.3``, … / ``.0``, ``.2``, …), every parameter inside them;
 - ``lora``: peft LoRA adapters on the configured projections, the base frozen; the phase's output
-  is the adapters merged back into plain weights.
+  is the adapters merged back into plain weights (:mod:`adapt.train` saves it so).
 A layer or LoRA phase with ``train_embeddings`` also trains the embeddings and the head; under LoRA
 they are peft's ``modules_to_save`` (trained copies, kept tied when the model ties them, saved in
 the phase's checkpoints and merged back).
@@ -78,8 +78,3 @@ def apply_phase(model: Any, phase: Phase, lora: LoraConfig, train_embeddings: bo
 
 def trainable_names(model: Any) -> set[str]:
     return {n for n, p in model.named_parameters() if p.requires_grad}
-
-
-def merged(model: Any, phase: Phase) -> Any:
-    """The plain model to save: LoRA adapters folded into their weights; otherwise the model."""
-    return model.merge_and_unload() if phase == "lora" else model

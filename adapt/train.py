@@ -2,13 +2,16 @@
 
 Why the HF Trainer and not Megatron-core: LoRA (peft) and per-parameter freezing are native to the
 HF model, the base is an HF folder, and RedWhale trained that way; the same Trainer scales over
-GPUs with FSDP (as the ``sft`` stage does). Megatron-core has no LoRA.
+GPUs with FSDP (``adapt.fsdp``), its ranks started by :mod:`dasi.launch` (``adapt.parallel``: one
+rank trains in this process, more run :mod:`adapt.worker` under torchrun or Slurm, as ``sft``
+does). Megatron-core has no LoRA.
 
 A phase resumes: the Trainer checkpoints into ``work`` every ``train.save_steps`` (DVC keeps the
 folder, ``persist: true``), and a run finding a checkpoint made from the same inputs continues from
 it, reading the same blocks (the stream is deterministic). Checkpoints made from other inputs stop
 the run and are not deleted. When the phase is done its model is saved to ``out`` and the
-checkpoints are removed."""
+checkpoints are removed. Every rank saves through ``Trainer.save_model`` (under FSDP it gathers the
+full weights); the main process then writes the phase's folder, merging LoRA into the phase's base."""
 
 from __future__ import annotations
 
@@ -29,12 +32,16 @@ from transformers import (
 )
 
 from adapt.config import PHASES, AdaptConfig
-from adapt.phases import apply_phase, merged, trainable_names
+from adapt.phases import apply_phase, trainable_names
 from adapt.stream import BlockDataset, range_summary
+from dasi import launch
 from dasi.atomic import atomic_path, write_json
-from dasi.hf_trainer import MirrorToRunLog
+from dasi.fsdp import fsdp_options
+from dasi.hf_trainer import MirrorToRunLog, log_trainer_setup
 from dasi.provenance import sha256_path, sha256_text
+from dasi.rank_records import replay
 from dasi.resume import check_fingerprint, record_fingerprint, restart
+from dasi.stage import JobFailed
 from data_gen.curated import MANIFEST_FILE
 
 BASELINE = "baseline"
@@ -59,15 +66,17 @@ def _train_embeddings(cfg: AdaptConfig, arm: str) -> bool:
 
 def _args(cfg: AdaptConfig, arm: str, work: Path, steps: int) -> TrainingArguments:
     t = cfg.train
+    fsdp, fsdp_config, _ = fsdp_options(cfg.fsdp, cfg.fsdp_wrap_layer, False)
     return TrainingArguments(
         output_dir=str(work), report_to="none", save_strategy="steps", save_steps=t.save_steps,
         save_total_limit=1, eval_strategy="no", logging_strategy="steps", logging_steps=1,
         seed=t.seed, data_seed=t.seed, max_steps=steps,
-        per_device_train_batch_size=t.batch_size // t.grad_accum, gradient_accumulation_steps=t.grad_accum,
+        per_device_train_batch_size=cfg.per_device_batch, gradient_accumulation_steps=t.grad_accum,
         learning_rate=_learning_rate(cfg, arm), lr_scheduler_type="cosine", warmup_steps=t.warmup_steps,
         weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, bf16=t.dtype == "bfloat16",
         use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
-        save_only_model=False, include_num_input_tokens_seen=True,
+        save_only_model=False, include_num_input_tokens_seen=True, fsdp=fsdp, fsdp_config=fsdp_config,
+        ddp_find_unused_parameters=False,  # a phase trains only what its forward uses
     )
 
 
@@ -86,11 +95,9 @@ def _parts(cfg: AdaptConfig, arm: str, base_dir: Path, curated: Path) -> dict[st
             "settings": sha256_text(json.dumps(settings, sort_keys=True))}
 
 
-def train_arm(cfg: AdaptConfig, arm: str, base_dir: Path, curated: Path, out: Path, work: Path,
-              log: Any) -> dict[str, Any]:
-    """Train phase ``arm`` (or the baseline) from the HF folder ``base_dir``; save the model (LoRA
-    merged) and its tokenizer to ``out``; return the phase's metrics."""
-    t0 = time.time()
+def prepare(cfg: AdaptConfig, arm: str, base_dir: Path, curated: Path, work: Path, log: Any) -> Path | None:
+    """Check the phase's checkpoints against its inputs (or clear them on ``DASI_RESTART=1``) and
+    record its fingerprint; return the checkpoint to resume from. Runs once, before any rank."""
     parts = _parts(cfg, arm, base_dir, curated)
     if os.environ.get("DASI_RESTART", "0") == "1":  # `DASI_RESTART=1 dvc repro adapt/dvc.yaml` starts over
         restart(work, log, reason="DASI_RESTART=1")
@@ -98,7 +105,22 @@ def train_arm(cfg: AdaptConfig, arm: str, base_dir: Path, curated: Path, out: Pa
     check_fingerprint(work, parts, f"checkpoint {latest.name}" if latest else None,
                       f"dvc repro with DASI_RESTART=1, or delete {work}")
     record_fingerprint(work, parts)
+    return latest
 
+
+def train_arm(cfg: AdaptConfig, arm: str, base_dir: Path, curated: Path, out: Path, work: Path,
+              log: Any) -> dict[str, Any]:
+    """Train phase ``arm`` (or the baseline) in this process: see :func:`train_rank`."""
+    return train_rank(cfg, arm, base_dir, curated, out, work, prepare(cfg, arm, base_dir, curated, work, log),
+                      log)
+
+
+def train_rank(cfg: AdaptConfig, arm: str, base_dir: Path, curated: Path, out: Path, work: Path,
+               latest: Path | None, log: Any) -> dict[str, Any]:
+    """One rank of phase ``arm`` (or the baseline) from the HF folder ``base_dir``, resumed from
+    ``latest``; the main process saves the model (LoRA merged) and its tokenizer to ``out``.
+    Returns the phase's metrics."""
+    t0 = time.time()
     tok = AutoTokenizer.from_pretrained(str(base_dir))
     dtype = torch.bfloat16 if cfg.train.dtype == "bfloat16" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=dtype)
@@ -119,44 +141,122 @@ def train_arm(cfg: AdaptConfig, arm: str, base_dir: Path, curated: Path, out: Pa
     data = BlockDataset(curated, tok, cfg.train.seq_length, cfg.train.lang_weights, start, count)
     trainer = Trainer(model=model, args=_args(cfg, arm, work, steps), train_dataset=data,
                       callbacks=[MirrorToRunLog(log)])
+    log_trainer_setup(trainer, cfg.fsdp, log)
     if latest is not None:
         log.event("resume", step=int(latest.name.split("-")[1]), checkpoint=str(latest))
     result = trainer.train(resume_from_checkpoint=str(latest) if latest else None)
 
-    final = merged(trainer.model, arm)
-    with atomic_path(out) as tmp:
-        final.save_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
-        (tmp / "dasi_adapt.json").write_text(json.dumps(
-            {"phase": arm, "base": str(base_dir), "steps": steps, "start_block": start, "blocks": count},
-            indent=1) + "\n")
+    sidecar = {"phase": arm, "base": str(base_dir), "steps": steps, "start_block": start, "blocks": count}
+    _save(trainer, arm, base_dir, dtype, tok, out, work / "final", sidecar)
+    metrics = {"phase": arm, "steps": steps, "train_loss": result.training_loss,
+               "trainable_params": n_train, "total_params": n_all}
+    if not trainer.is_world_process_zero():
+        return metrics
     for ckpt in work.glob("checkpoint-*"):
         shutil.rmtree(ckpt)  # the phase is done: its model is in `out`
-
     record = range_summary(curated, tok, cfg.train.seq_length, cfg.train.lang_weights, start, count)
-    metrics = {"phase": arm, "steps": steps, "train_loss": result.training_loss,
-               "trainable_params": n_train, "total_params": n_all, **record}
+    metrics |= record
     log.summary({k: v for k, v in metrics.items() if not isinstance(v, dict)}
                 | {"wall_s": round(time.time() - t0, 2)})
     return metrics
+
+
+def _save(trainer: Trainer, arm: str, base_dir: Path, dtype: torch.dtype, tok: Any, out: Path,
+          scratch: Path, sidecar: dict[str, Any]) -> None:
+    """Every rank calls ``save_model`` (the main process writes); the main process then writes
+    ``out``: the saved weights, or for LoRA the adapters merged into ``base_dir``'s weights."""
+    trainer.save_model(str(scratch))
+    if not trainer.is_world_process_zero():
+        return
+    try:
+        with atomic_path(out) as tmp:
+            if arm == "lora":
+                from peft import PeftModel
+
+                base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=dtype)
+                PeftModel.from_pretrained(base, str(scratch)).merge_and_unload().save_pretrained(str(tmp))
+            else:
+                shutil.move(str(scratch), str(tmp))
+                (tmp / "training_args.bin").unlink()  # a pickle naming the scratch folder
+            tok.save_pretrained(str(tmp))
+            (tmp / "dasi_adapt.json").write_text(json.dumps(sidecar, indent=1) + "\n")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
     write_json(path, {"format": "adapt-phase/1", **metrics})
 
 
-def run(cfg: AdaptConfig, arm: str, base_dir: Path | None, curated: Path, out: Path, work: Path,
-        metrics_path: Path, log: Any) -> dict[str, Any]:
-    """A phase from the previous phase's folder, or the baseline from the configured base."""
+LAUNCH = "launch"  # the run log's folder for the job file and the sbatch script
+WORKER = "adapt.worker"
+RERUN = "running the stage again resumes from the phase's last checkpoint"
+
+
+def base_folder(cfg: AdaptConfig, arm: str, base_dir: Path | None) -> Path:
+    """The folder an arm starts from: the previous phase's, or for the baseline adapt.base."""
     if arm not in (*PHASES, BASELINE):
         raise ValueError(f"adapt: unknown phase {arm!r}: allowed {', '.join((*PHASES, BASELINE))}")
-    if base_dir is None:
-        if arm != BASELINE:
-            raise ValueError(f"adapt: phase {arm} needs --base (the previous phase's folder)")
-        src, revision = cfg.base.source()
-        if revision is not None:
-            raise ValueError("adapt: a hub base trains the baseline from a local copy: pass --base")
-        base_dir = Path(src)
-    metrics = train_arm(cfg, arm, base_dir, curated, out, work, log)
-    write_metrics(metrics_path, metrics)
-    return metrics
+    if base_dir is not None:
+        return base_dir
+    if arm != BASELINE:
+        raise ValueError(f"adapt: phase {arm} needs --base (the previous phase's folder)")
+    src, revision = cfg.base.source()
+    if revision is not None:
+        raise ValueError("adapt: a hub base trains the baseline from a local copy: pass --base")
+    return Path(src)
+
+
+def dry_run(cfg: AdaptConfig, arm: str, logs_dir: Path, launcher: str = "local") -> str:
+    """What ``run`` would launch. The job file lives in the run's log folder, named when the run
+    starts: shown here with ``<run-id>``."""
+    job = Path(logs_dir) / f"adapt-{arm.replace('_', '-')}" / "<run-id>" / LAUNCH / "job.json"
+    return launch.dry_run(cfg.parallel, cfg.slurm, WORKER, job, launcher, "adapt", rerun=RERUN)
+
+
+def run(cfg: AdaptConfig, arm: str, base_dir: Path | None, curated: Path, out: Path, work: Path,
+        metrics_path: Path, log: Any, launcher: str = "local") -> dict[str, Any]:
+    """A phase from the previous phase's folder, or the baseline from the configured base: in this
+    process (one rank), or over ``adapt.parallel`` ranks under torchrun or Slurm."""
+    base_dir = base_folder(cfg, arm, base_dir)
+    kind = launch.choose(cfg.parallel, launcher)
+    if kind == "local":
+        metrics = train_arm(cfg, arm, base_dir, curated, out, work, log)
+        write_metrics(metrics_path, metrics)
+        return metrics
+    latest = prepare(cfg, arm, base_dir, curated, work, log)
+    folder = Path(log.dir) / LAUNCH
+    records = folder / "records.jsonl"
+    job = write_job(folder / "job.json", cfg, arm, base_dir, curated, out, work, latest, metrics_path,
+                    records)
+    records.unlink(missing_ok=True)
+    log.event("launch", launcher=kind, nodes=cfg.parallel.nodes, gpus_per_node=cfg.parallel.gpus_per_node,
+              job=str(job))
+    Path(metrics_path).unlink(missing_ok=True)  # what is read back below must be this run's
+    try:
+        failure = launch.run_ranks(kind, cfg.parallel, cfg.slurm, WORKER, job, folder / "adapt.sbatch", log,
+                                   rerun=RERUN)
+    finally:
+        replay(records, log)  # a failed or interrupted run's curves too
+        records.unlink(missing_ok=True)  # now in metrics.jsonl / events.jsonl
+    if failure:
+        raise JobFailed(f"adapt {arm}: {failure}; the ranks' logs are in the run log ({log.dir}); {RERUN} "
+                        f"in {work}")
+    if not Path(metrics_path).is_file():
+        raise JobFailed(f"adapt {arm}: the ranks ended without writing {metrics_path}")
+    return json.loads(Path(metrics_path).read_text())
+
+
+def write_job(path: Path, cfg: AdaptConfig, arm: str, base_dir: Path, curated: Path, out: Path, work: Path,
+              latest: Path | None, metrics: Path, records: Path) -> Path:
+    """The job file :mod:`adapt.worker` reads; paths absolute, as ranks on other nodes may start
+    elsewhere."""
+    def where(p: Path | None) -> str | None:
+        return None if p is None else str(Path(p).resolve())
+
+    job = {"adapt": cfg.model_dump(mode="json"), "arm": arm, "base": where(base_dir),
+           "curated": where(curated), "out": where(out), "work": where(work), "latest": where(latest),
+           "metrics": where(metrics), "records": where(records)}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(job, indent=2) + "\n")
+    return Path(path)

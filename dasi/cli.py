@@ -355,20 +355,32 @@ def adapt_train(phase: Annotated[str, typer.Argument(
                     help="checkpoints a resume starts from (default data/adapt/work/<phase>)")] = None,
                 metrics: Annotated[Path | None, typer.Option(
                     help="default metrics/adapt/<phase>.json")] = None,
+                launcher: Annotated[str | None, typer.Option(
+                    help="local | torchrun | slurm (default: the profile's; one rank: in-process)")] = None,
+                dry_run: Annotated[bool, typer.Option(
+                    help="print the launch command / sbatch script, train nothing")] = False,
                 params: ParamsOpt = Path("params.yaml"), profiles: ProfilesOpt = Path("configs")) -> None:
     """Adaptation path: one training phase from the previous phase's model, or the baseline arm
-    (the base with its own tokenizer, as many tokens as all phases together)."""
+    (the base with its own tokenizer, as many tokens as all phases together), over adapt.parallel
+    ranks."""
     from adapt import train as stage
     from adapt.config import AdaptConfig
-    from dasi.stage import run_stage
+    from dasi.config import resolve_params
+    from dasi.stage import load_sections, run_stage
 
+    chosen = check_launcher(launcher or resolve_params(params, profiles)["launcher"],
+                            ("local", "torchrun", "slurm"))
+    if dry_run:  # nothing runs, so nothing is logged
+        cfgs, logging, _ = load_sections({"adapt": AdaptConfig}, params, profiles)
+        typer.echo(stage.dry_run(cfgs["adapt"], phase, Path(logging.logs_dir), chosen))
+        return
     out = out or Path("data/adapt") / phase
     work = work or Path("data/adapt/work") / phase
     metrics = metrics or Path("metrics/adapt") / f"{phase}.json"
     run_stage(f"adapt-{phase.replace('_', '-')}", {"adapt": AdaptConfig},
               [curated] + ([base] if base else []), [out, work, metrics],
-              lambda cfg, log: stage.run(cfg, phase, base, curated, out, work, metrics, log),
-              params, profiles)
+              lambda cfg, log: stage.run(cfg, phase, base, curated, out, work, metrics, log, launcher=chosen),
+              params, profiles)  # a failed torchrun / Slurm job: JobFailed, exit 6 (main)
 
 
 @app.command("adapt-eval")

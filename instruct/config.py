@@ -4,34 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, PositiveInt, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
+from dasi.fsdp import check_fsdp_words
+from dasi.launch import Parallel, SlurmSpec
 from dasi.strict import StrictModel
 
-# TrainingArguments.fsdp words this project accepts (transformers' FSDPOption, less hybrid_shard /
-# no_shard, which FSDP2, transformers' default engine, does not have).
-SHARDINGS = ("full_shard", "shard_grad_op")
-FSDP_WORDS = (*SHARDINGS, "auto_wrap", "offload")
 
-
-class SFTParallel(StrictModel):
-    """Data-parallel ranks, one per GPU; FSDP (``sft.fsdp``) shards the model over all of them."""
-
-    nodes: PositiveInt = 1
-    gpus_per_node: PositiveInt = Field(1, description="ranks per node (processes on a CPU host)")
-
-    @property
-    def world_size(self) -> int:
-        return self.nodes * self.gpus_per_node
-
-
-class SFTSlurm(StrictModel):
-    partition: str = "gpu"
-    account: str | None = None
-    time: str = "1-00:00:00"
+class SFTSlurm(SlurmSpec):
     job_name: str = "dasi-sft"
-    cpus_per_task: PositiveInt = 16
-    extra_sbatch: list[str] = Field(default_factory=list, description="more '#SBATCH' options")
 
 
 class SFTConfig(StrictModel):
@@ -58,19 +39,13 @@ class SFTConfig(StrictModel):
     fsdp_wrap_layer: str | None = Field(None, description="e.g. LlamaDecoderLayer")
     eval_batch_size: int = Field(8, gt=0)
     logging_steps: int = Field(1, gt=0)
-    parallel: SFTParallel = Field(default_factory=SFTParallel)
+    parallel: Parallel = Field(default_factory=Parallel)
     slurm: SFTSlurm = Field(default_factory=SFTSlurm)
 
     @field_validator("fsdp")
     @classmethod
     def _fsdp_words(cls, v: str) -> str:
-        words = v.split()
-        unknown = [w for w in words if w not in FSDP_WORDS]
-        if unknown:
-            raise ValueError(f"unknown FSDP option {unknown[0]!r}: allowed {', '.join(FSDP_WORDS)}")
-        if words and sum(w in SHARDINGS for w in words) != 1:
-            raise ValueError(f"name exactly one sharding: {' or '.join(SHARDINGS)}")
-        return v
+        return check_fsdp_words(v)
 
     @field_validator("fsdp_wrap_layer")
     @classmethod

@@ -24,10 +24,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TrainerCallback
 
 from dasi.atomic import atomic_path, write_json
+from dasi.fsdp import fsdp_options as fsdp_args
 from dasi.hf_save import save_tokenizer
-from dasi.hf_trainer import MirrorToRunLog
+from dasi.hf_trainer import MirrorToRunLog, log_trainer_setup
 from instruct.chats import SEED_FILE, Chat, read_chats, split_heldout
-from instruct.config import SHARDINGS, SFTConfig
+from instruct.config import SFTConfig
 
 __all__ = ["SEED_FILE", "SFTConfig", "build_trainer", "heldout_loss", "load_chats", "train"]
 
@@ -118,24 +119,8 @@ class _HeldoutAtStart(TrainerCallback):
 
 
 def fsdp_options(cfg: SFTConfig) -> tuple[bool, dict[str, Any] | None, bool]:
-    """``sft.fsdp`` words as TrainingArguments' (fsdp, fsdp_config, gradient_checkpointing).
-
-    transformers deprecates the string form; this is its FSDP2 equivalent. With FSDP the
-    activations are checkpointed by FSDP (transformers refuses both kinds at once), and the
-    full state dict is gathered for saving, so the saved folder is an ordinary HF model."""
-    words = cfg.fsdp.split()
-    if not words:
-        return False, None, cfg.activation_checkpointing
-    config: dict[str, Any] = {"version": 2, "reshard_after_forward": "full_shard" in words,
-                              "state_dict_type": "FULL_STATE_DICT"}
-    assert sum(w in SHARDINGS for w in words) == 1  # SFTConfig checked it
-    if "offload" in words:
-        config["cpu_offload"] = True
-    if cfg.fsdp_wrap_layer:
-        config["transformer_layer_cls_to_wrap"] = [cfg.fsdp_wrap_layer]
-    if cfg.activation_checkpointing:
-        config["activation_checkpointing"] = True
-    return True, config, False
+    """``sft.fsdp`` as TrainingArguments' (fsdp, fsdp_config, gradient_checkpointing)."""
+    return fsdp_args(cfg.fsdp, cfg.fsdp_wrap_layer, cfg.activation_checkpointing)
 
 
 def _trainer_args(cfg: SFTConfig, workdir: Path) -> Any:
@@ -177,22 +162,6 @@ def _generation_config(tok: Any) -> GenerationConfig:
     eos = [tok.eos_token_id, tok.convert_tokens_to_ids(END_OF_TURN)]
     return GenerationConfig(bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id,
                             eos_token_id=[i for i in dict.fromkeys(eos) if i is not None])
-
-
-def _log_setup(cfg: SFTConfig, trainer: Any, log: Any) -> None:
-    """How the Trainer runs: ranks, engine, device; and, when FSDP was asked for but the
-    accelerator does not shard (accelerate applies FSDP only on GPU-type devices; on CPU it runs
-    DDP over gloo), that it trained data parallel instead."""
-    args = trainer.args
-    engine = "fsdp" if trainer.is_fsdp_enabled else ("ddp" if args.world_size > 1 else "single")
-    log.event("trainer_setup", world_size=args.world_size, engine=engine, device=str(args.device),
-              distributed_type=trainer.accelerator.distributed_type.value,
-              global_batch=args.per_device_train_batch_size * args.gradient_accumulation_steps
-              * args.world_size)
-    if cfg.fsdp and not trainer.is_fsdp_enabled:
-        log.event("fsdp_not_applied", fsdp=cfg.fsdp, engine=engine,
-                  reason=f"accelerate runs {trainer.accelerator.distributed_type.value} on {args.device}: "
-                         "its FSDP plugin is taken only on GPU-type devices")
 
 
 def _save(trainer: Any, tok: Any, out: Path, sidecar: dict[str, Any], scratch: Path) -> None:
@@ -238,7 +207,7 @@ def train(cfg: SFTConfig, base: Path, tokenizer_dir: Path | None, extra_chats: l
         start = _HeldoutAtStart(held, trainer.data_collator, cfg.eval_batch_size, log)
         if held:
             trainer.add_callback(start)
-        _log_setup(cfg, trainer, log)
+        log_trainer_setup(trainer, cfg.fsdp, log)
         result = trainer.train()
         before = start.losses
         after = heldout_loss(trainer.model, held, trainer.data_collator, cfg.eval_batch_size) if held else {}

@@ -9,13 +9,10 @@ and rank 0's records are replayed into the run log when the ranks are done.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from dasi.launch import run_ranks
 from dasi.stage import JobFailed
 from instruct import launch
 from instruct.chats import SEED_FILE
@@ -49,7 +46,8 @@ def run(cfg: SFTConfig, base: Path, tokenizer_dir: Path | None, extra_chats: lis
               job=str(job))
     Path(metrics_path).unlink(missing_ok=True)  # what is read back below must be this run's
     try:
-        failure = _torchrun(cfg, job) if kind == "torchrun" else _slurm(cfg, job, folder, log)
+        failure = run_ranks(kind, cfg.parallel, cfg.slurm, launch.WORKER, job, folder / "sft.sbatch", log,
+                            rerun=launch.RERUN)
     finally:
         replay(records, log)  # a failed or interrupted run's curves too
         records.unlink(missing_ok=True)  # now in metrics.jsonl / events.jsonl
@@ -59,22 +57,3 @@ def run(cfg: SFTConfig, base: Path, tokenizer_dir: Path | None, extra_chats: lis
     if not Path(metrics_path).is_file():
         raise JobFailed(f"sft: the ranks ended without writing {metrics_path}")
     return json.loads(Path(metrics_path).read_text())
-
-
-def _torchrun(cfg: SFTConfig, job: Path) -> str | None:
-    # torchrun's temp files go to a private folder that is removed afterwards (short path:
-    # multiprocessing's AF_UNIX sockets live there).
-    with tempfile.TemporaryDirectory(prefix="dasi-torchrun-") as tmp:
-        done = subprocess.run(launch.torchrun_command(cfg, job), env={**os.environ, "TMPDIR": tmp})
-    return f"torchrun exited {done.returncode}" if done.returncode else None
-
-
-def _slurm(cfg: SFTConfig, job: Path, folder: Path, log: Any) -> str | None:
-    script = folder / "sft.sbatch"
-    script.write_text(launch.slurm_script(cfg, job, python=sys.executable))
-    job_id, status = launch.submit(script)
-    log.event("slurm_job", job_id=job_id, sbatch_exit=status, script=str(script))
-    if not status:
-        return None
-    output = launch.SLURM_LOGS / f"{cfg.slurm.job_name}-{job_id}.out"
-    return f"slurm job {job_id} ended {launch.job_state(job_id)} (sbatch exit {status}; output {output})"

@@ -5,8 +5,7 @@ The job file holds the resolved ``sft`` section and the stage's paths. Each rank
 environment. Rank 0 writes metrics, events and the summary as JSON lines into the job's
 ``records`` file, which the stage replays into its RunLog when the ranks are done.
 
-(The record format is pretrain.worker's; it is not imported from there so that a change to the
-pretrain package does not make DVC re-run SFT.)
+(The records are :mod:`dasi.rank_records`'.)
 """
 
 from __future__ import annotations
@@ -14,60 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
-from typing import Any
 
+from dasi.rank_records import RecordLog, replay
 from instruct.config import SFTConfig
 
-
-class RecordLog:
-    """The RunLog writing interface, as JSON lines (only rank 0 writes). Each metrics record also
-    carries ``elapsed_s``, the rank's clock: the run log's own ``time`` of a replayed record is
-    when it was replayed, not when it was trained."""
-
-    def __init__(self, path: Path, rank: int = 0) -> None:
-        self.path, self.rank = Path(path), rank
-        self.t0 = time.monotonic()
-
-    def _write(self, kind: str, **data: Any) -> None:
-        if self.rank == 0:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"kind": kind, **data}, default=float) + "\n")
-
-    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
-        self._write("log", metrics={**metrics, "elapsed_s": round(time.monotonic() - self.t0, 4)}, step=step)
-
-    def event(self, name: str, **data: Any) -> None:
-        self._write("event", name=name, data=data)
-
-    def summary(self, metrics: dict[str, Any]) -> None:
-        self._write("summary", metrics=metrics)
-
-
-def replay(records: Path, log: Any) -> dict[str, Any]:
-    """Pass the recorded lines on to ``log``; returns the summary ({} if none was written). A
-    line cut off by a killed rank is counted in a ``records_unreadable`` event, not fatal."""
-    summary: dict[str, Any] = {}
-    if not Path(records).exists():
-        return summary
-    bad = 0
-    for line in Path(records).read_text(encoding="utf-8").splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            bad += 1
-            continue
-        if r["kind"] == "log":
-            log.log(r["metrics"], step=r["step"])
-        elif r["kind"] == "event":
-            log.event(r["name"], **r["data"])
-        else:
-            summary = r["metrics"]
-            log.summary(summary)
-    if bad:
-        log.event("records_unreadable", file=str(records), lines=bad)
-    return summary
+__all__ = ["RecordLog", "main", "replay", "write_job"]
 
 
 def write_job(path: Path, cfg: SFTConfig, base: Path, tokenizer_dir: Path | None, extra_chats: list[Path],

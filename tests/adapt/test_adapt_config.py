@@ -31,6 +31,9 @@ def section(**changes) -> dict:
     ({"base": {"path": "x", "hub_id": "y"}}, "exactly one of path"),
     ({"base": {"hub_id": "meta-llama/Llama-3.1-8B", "revision": "main"}}, "40-hex"),
     ({"phases__embed_head__train_embeddings": True}, "embed_head.train_embeddings: embed_head trains"),
+    ({"parallel": {"gpus_per_node": 3}}, r"batch_size 4 is not a multiple of grad_accum x ranks \(1 x 3\)"),
+    ({"fsdp": "full_shard hybrid_shard"}, "unknown FSDP option 'hybrid_shard'"),
+    ({"fsdp_wrap_layer": "LlamaDecoderLayer"}, "a wrap layer needs adapt.fsdp"),
 ])
 def test_bad_values_stop_with_the_key(changes: dict, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
