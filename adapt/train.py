@@ -8,8 +8,9 @@ does). Megatron-core has no LoRA.
 
 A phase resumes: the Trainer checkpoints into ``work`` every ``train.save_steps`` (DVC keeps the
 folder, ``persist: true``), and a run finding a checkpoint made from the same inputs continues from
-it, reading the same blocks (the stream is deterministic). Checkpoints made from other inputs stop
-the run and are not deleted. When the phase is done its model is saved to ``out`` and the
+it, reading the same blocks (the stream is deterministic). A phase's stream starts where the
+previous phase's stopped (its folder's stream cursor, :mod:`adapt.stream`). Checkpoints made from
+other inputs stop the run and are not deleted. When the phase is done its model is saved to ``out`` and the
 checkpoints are removed. Every rank saves through ``Trainer.save_model`` (under FSDP it gathers the
 full weights); the main process then writes the phase's folder, merging LoRA into the phase's base."""
 
@@ -33,7 +34,7 @@ from transformers import (
 
 from adapt.config import PHASES, AdaptConfig
 from adapt.phases import apply_phase, trainable_names
-from adapt.stream import BlockDataset, range_summary
+from adapt.stream import CURSOR_FILE, BlockDataset, range_summary, stream_fingerprint
 from dasi import launch
 from dasi.atomic import atomic_path, write_json
 from dasi.fsdp import fsdp_options
@@ -45,6 +46,7 @@ from dasi.stage import JobFailed
 from data_gen.curated import MANIFEST_FILE
 
 BASELINE = "baseline"
+SIDECAR = "dasi_adapt.json"  # in a phase's folder: which phase made it, from what
 
 
 def block_range(cfg: AdaptConfig, arm: str) -> tuple[int, int, int]:
@@ -138,7 +140,9 @@ def train_rank(cfg: AdaptConfig, arm: str, base_dir: Path, curated: Path, out: P
               train_embeddings=_train_embeddings(cfg, arm))
 
     start, count, steps = block_range(cfg, arm)
-    data = BlockDataset(curated, tok, cfg.train.seq_length, cfg.train.lang_weights, start, count)
+    stream_args = (curated, tok, cfg.train.seq_length, cfg.train.lang_weights)
+    cursor = None if arm == BASELINE else _usable_cursor(base_dir, start, stream_args, log)
+    data = BlockDataset(*stream_args, start, count, cursor)
     trainer = Trainer(model=model, args=_args(cfg, arm, work, steps), train_dataset=data,
                       callbacks=[MirrorToRunLog(log)])
     log_trainer_setup(trainer, cfg.fsdp, log)
@@ -146,25 +150,60 @@ def train_rank(cfg: AdaptConfig, arm: str, base_dir: Path, curated: Path, out: P
         log.event("resume", step=int(latest.name.split("-")[1]), checkpoint=str(latest))
     result = trainer.train(resume_from_checkpoint=str(latest) if latest else None)
 
-    sidecar = {"phase": arm, "base": str(base_dir), "steps": steps, "start_block": start, "blocks": count}
-    _save(trainer, arm, base_dir, dtype, tok, out, work / "final", sidecar)
     metrics = {"phase": arm, "steps": steps, "train_loss": result.training_loss,
                "trainable_params": n_train, "total_params": n_all}
+    record = _range_record(trainer, data, stream_args, start, count, cursor, log)
+    files = {SIDECAR: {"phase": arm, "base": str(base_dir), "steps": steps, "start_block": start,
+                       "blocks": count}}
+    if record is not None:
+        files[CURSOR_FILE] = record.pop("cursor")
+    _save(trainer, arm, base_dir, dtype, tok, out, work / "final", files)
     if not trainer.is_world_process_zero():
         return metrics
     for ckpt in work.glob("checkpoint-*"):
         shutil.rmtree(ckpt)  # the phase is done: its model is in `out`
-    record = range_summary(curated, tok, cfg.train.seq_length, cfg.train.lang_weights, start, count)
     metrics |= record
     log.summary({k: v for k, v in metrics.items() if not isinstance(v, dict)}
                 | {"wall_s": round(time.time() - t0, 2)})
     return metrics
 
 
+def _usable_cursor(base_dir: Path, start: int, stream_args: tuple, log: Any) -> dict[str, Any] | None:
+    """The previous phase's stream cursor when it stands at this phase's first block and was made
+    from the same stream; otherwise None (the stream is read from block 0), said in an event."""
+    path = base_dir / CURSOR_FILE
+    if not path.is_file():
+        log.event("stream_start", block=start, source="block 0", reason=f"no {CURSOR_FILE} in {base_dir}")
+        return None
+    cursor = json.loads(path.read_text())
+    if cursor.get("fingerprint") != stream_fingerprint(*stream_args):
+        reason = "it was made from other data, tokenizer or settings"
+    elif cursor.get("block") != start:
+        reason = f"it stands at block {cursor.get('block')}, not {start}"
+    else:
+        log.event("stream_start", block=start, source=str(path))
+        return cursor
+    log.event("stream_start", block=start, source="block 0", reason=f"{path} unused: {reason}")
+    return None
+
+
+def _range_record(trainer: Trainer, data: BlockDataset, stream_args: tuple, start: int, count: int,
+                  cursor: dict[str, Any] | None, log: Any) -> dict[str, Any] | None:
+    """The main process's record of the blocks it read for the Trainer (None on other ranks); read
+    afresh, and said so, if its data loader did not reach the range's last block."""
+    if not trainer.is_world_process_zero():
+        return None
+    if data.record is not None:
+        return dict(data.record)
+    log.event("stream_record_recomputed", reason="the data loader did not read the range's last block")
+    return range_summary(*stream_args, start, count, cursor)
+
+
 def _save(trainer: Trainer, arm: str, base_dir: Path, dtype: torch.dtype, tok: Any, out: Path,
-          scratch: Path, sidecar: dict[str, Any]) -> None:
+          scratch: Path, files: dict[str, Any]) -> None:
     """Every rank calls ``save_model`` (the main process writes); the main process then writes
-    ``out``: the saved weights, or for LoRA the adapters merged into ``base_dir``'s weights."""
+    ``out``: the saved weights, or for LoRA the adapters merged into ``base_dir``'s weights, the
+    tokenizer, and ``files`` (name: JSON)."""
     trainer.save_model(str(scratch))
     if not trainer.is_world_process_zero():
         return
@@ -179,7 +218,8 @@ def _save(trainer: Trainer, arm: str, base_dir: Path, dtype: torch.dtype, tok: A
                 shutil.move(str(scratch), str(tmp))
                 (tmp / "training_args.bin").unlink()  # a pickle naming the scratch folder
             tok.save_pretrained(str(tmp))
-            (tmp / "dasi_adapt.json").write_text(json.dumps(sidecar, indent=1) + "\n")
+            for name, content in files.items():
+                (tmp / name).write_text(json.dumps(content, indent=1) + "\n")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -6,9 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoTokenizer
 
 from adapt.phases import layer_index
-from adapt.train import BASELINE, block_range, train_arm
+from adapt.stream import CURSOR_FILE, range_summary
+from adapt.train import BASELINE, _usable_cursor, block_range, train_arm
 from dasi.resume import FingerprintMismatch
 from dasi.runlog import LoggingConfig, RunLog, read_jsonl
 from tests.adapt.tiny import adapt_config, curated_dir, english_llama
@@ -73,6 +75,14 @@ def test_phases_in_sequence_change_only_what_they_train(inputs, tmp_path: Path) 
         assert metrics["start_block"] == start and metrics["blocks"] == 2 * 4
         assert not list((tmp_path / f"seq-work-{phase}").glob("checkpoint-*"))  # removed once saved
         assert json.loads((out / "dasi_adapt.json").read_text())["phase"] == phase
+        # each phase reads on from where the previous one's stream stopped, the blocks a read from
+        # block 0 gives
+        started = [e for e in read_jsonl(logdir / "events.jsonl") if e["event"] == "stream_start"][0]
+        assert started["source"] == (str(prev / CURSOR_FILE) if start else "block 0")
+        tok = AutoTokenizer.from_pretrained(str(out))
+        fresh = range_summary(curated, tok, 32, cfg.train.lang_weights, start, 8)
+        assert metrics["blocks_sha256"] == fresh["blocks_sha256"]
+        assert json.loads((out / CURSOR_FILE).read_text()) == fresh["cursor"]
         setup = [e for e in read_jsonl(logdir / "events.jsonl") if e["event"] == "phase_setup"][0]
         assert setup["trainable_params"] < setup["total_params"]
         assert [r["step"] for r in read_jsonl(logdir / "metrics.jsonl") if "train/loss" in r] == [1, 2]
@@ -151,3 +161,29 @@ def test_lora_with_tied_embeddings_resumes_to_the_same_weights(tmp_path: Path, m
     out, _, logdir = run(cfg, "lora", base, curated, tmp_path, "killed")
     assert [e["step"] for e in read_jsonl(logdir / "events.jsonl") if e["event"] == "resume"] == [2]
     assert changed(weights(straight), weights(out)) == set()
+
+
+class Events:
+    def __init__(self) -> None:
+        self.seen: list[dict] = []
+
+    def event(self, name: str, **data) -> None:
+        self.seen.append({"event": name, **data})
+
+
+def test_a_cursor_that_does_not_fit_is_said_and_the_stream_read_from_block_0(inputs, tmp_path: Path) -> None:
+    base, curated = inputs
+    cfg = adapt_config(base)
+    out, _, _ = run(cfg, "embed_head", base, curated, tmp_path, "c")  # its cursor stands at block 8
+    tok = AutoTokenizer.from_pretrained(str(out))
+    args = (curated, tok, 32, cfg.train.lang_weights)
+    log = Events()
+    assert _usable_cursor(out, 8, args, log) is not None
+    assert _usable_cursor(out, 12, args, log) is None
+    assert _usable_cursor(out, 8, (curated, tok, 16, cfg.train.lang_weights), log) is None
+    assert _usable_cursor(base, 0, args, log) is None
+    reasons = [e.get("reason", "") for e in log.seen]
+    assert [e["source"] for e in log.seen] == [str(out / CURSOR_FILE), "block 0", "block 0", "block 0"]
+    assert reasons[1].endswith("unused: it stands at block 8, not 12")
+    assert reasons[2].endswith("unused: it was made from other data, tokenizer or settings")
+    assert reasons[3] == f"no {CURSOR_FILE} in {base}"
