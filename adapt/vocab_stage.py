@@ -15,8 +15,8 @@ from dasi.atomic import write_json
 def korean_samples(curated: Path, cfg: AdaptConfig) -> tuple[list[str], list[str]]:
     """Bounded, seeded Korean samples: the train split for the BPE, the held-out one for the ratio
     (the same reservoir the tokenizer stage samples with)."""
+    from dasi.reservoir import CharReservoir
     from data_gen.curated import iter_batches
-    from pretrain.tokenizer import CharReservoir
 
     pools = {"train": CharReservoir(cfg.vocab.sample_chars, cfg.vocab.seed),
              "heldout": CharReservoir(cfg.vocab.heldout_chars, cfg.vocab.seed)}

@@ -2,13 +2,11 @@
 save it as a transformers tokenizer folder with a chat template, and measure its efficiency
 (characters per token per language on held-out text) beside reference tokenizers.
 
-The samples are bounded and seeded (:class:`CharReservoir`): one streaming pass over the curated
-shards keeps at most the configured characters per language, whatever the corpus size."""
+The samples are bounded and seeded (:class:`dasi.reservoir.CharReservoir`): one streaming pass over
+the curated shards keeps at most the configured characters per language, whatever the corpus size."""
 
 from __future__ import annotations
 
-import hashlib
-import heapq
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +14,7 @@ from pydantic import Field, PositiveInt
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from dasi.atomic import atomic_path, write_json
+from dasi.reservoir import CharReservoir
 from dasi.strict import StrictModel
 
 Lang = Literal["ko", "en", "code"]
@@ -48,39 +47,6 @@ class TokenizerConfig(StrictModel):
                                        "the efficiency table")
     seed: int = Field(0, description="which documents the bounded samples take")
     references: list[str] = ["cl100k_base", "o200k_base", "llama3", "qwen3"]
-
-
-class CharReservoir:
-    """The documents with the smallest seeded hash keys whose characters reach ``budget``.
-
-    A key is sha256(seed, doc_id), so the sample is uniform and the same set whatever order or
-    sharding the documents arrive in. Holds at most ``budget`` characters plus one document: a
-    document is dropped as soon as the ones with smaller keys fill the budget without it."""
-
-    def __init__(self, budget: int, seed: int) -> None:
-        self.budget, self.seed = budget, seed
-        self._heap: list[tuple[int, str]] = []  # (-key, text): the largest key on top
-        self.chars = 0
-
-    def key(self, doc_id: str) -> int:
-        return int.from_bytes(hashlib.sha256(f"{self.seed}:{doc_id}".encode()).digest())
-
-    def wants(self, key: int) -> bool:
-        return self.chars < self.budget or key < -self._heap[0][0]
-
-    def add(self, key: int, text: str) -> None:
-        heapq.heappush(self._heap, (-key, text))
-        self.chars += len(text)
-        while self.chars - len(self._heap[0][1]) >= self.budget:
-            self.chars -= len(heapq.heappop(self._heap)[1])
-
-    def texts(self) -> list[str]:
-        """The kept texts by key, the last cut so that they hold exactly ``budget`` characters."""
-        out, n = [], 0
-        for _, text in sorted(self._heap, reverse=True):
-            out.append(text[: self.budget - n])
-            n += len(out[-1])
-        return out
 
 
 Sample = dict[str, list[str]]  # texts per language

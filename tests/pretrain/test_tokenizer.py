@@ -1,9 +1,8 @@
 import json
-import random
 
 import pytest
 
-from pretrain.tokenizer import ROLE_TOKENS, CharReservoir, TokenizerConfig, run, sample_curated
+from pretrain.tokenizer import ROLE_TOKENS, TokenizerConfig, run, sample_curated
 from tests.conftest import curated_rows, write_curated_dir
 
 
@@ -51,29 +50,6 @@ def test_efficiency_report_compares_with_references(trained):
     assert set(cpt["dasi"]) == {"ko", "en", "code"}
     # Trained on Korean, even a 600-token vocabulary beats cl100k's bytes on Korean.
     assert cpt["dasi"]["ko"] > cpt["cl100k_base"]["ko"] > 0.5
-
-
-def _offer_all(reservoir: CharReservoir, docs: list[tuple[str, str]], peak: list[int]) -> list[str]:
-    for doc_id, text in docs:
-        key = reservoir.key(doc_id)
-        if reservoir.wants(key):
-            reservoir.add(key, text)
-        peak[0] = max(peak[0], reservoir.chars)
-    return reservoir.texts()
-
-
-def test_reservoir_is_order_independent_seeded_and_bounded():
-    rng = random.Random(0)
-    docs = [(f"doc-{i}", f"doc-{i}|" + "x" * rng.randint(1, 300)) for i in range(2000)]
-    budget, peak = 5000, [0]
-    first = _offer_all(CharReservoir(budget, seed=0), docs, peak)
-    assert sum(map(len, first)) == budget  # the last text is cut to fill it exactly
-    assert peak[0] < budget + 310  # never more than the budget plus one document
-    shuffled = docs[:]
-    rng.shuffle(shuffled)
-    assert _offer_all(CharReservoir(budget, seed=0), shuffled, [0]) == first
-    other = _offer_all(CharReservoir(budget, seed=1), docs, [0])
-    assert set(first) != set(other)  # another seed takes other documents
 
 
 def test_curated_sample_is_the_same_however_the_documents_are_sharded(tmp_path, natural_docs):
