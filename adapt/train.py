@@ -204,6 +204,8 @@ def _save(trainer: Trainer, arm: str, base_dir: Path, dtype: torch.dtype, tok: A
     """Every rank calls ``save_model`` (the main process writes); the main process then writes
     ``out``: the saved weights, or for LoRA the adapters merged into ``base_dir``'s weights, the
     tokenizer, and ``files`` (name: JSON)."""
+    if trainer.is_world_process_zero():
+        shutil.rmtree(scratch, ignore_errors=True)  # a killed save's files must not join this one's
     trainer.save_model(str(scratch))
     if not trainer.is_world_process_zero():
         return
