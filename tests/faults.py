@@ -1,4 +1,5 @@
-"""Fault injection: SIGKILL a stage command at seeded random moments, then let it finish."""
+"""Fault injection: SIGKILL a stage command at seeded random moments, then let it finish; and the
+small scripts that stand in for a cluster's commands (``sbatch``, ``sacct``) on PATH."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import hashlib
 import os
 import random
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Callable
@@ -76,3 +78,9 @@ def tree_digest(*roots: Path) -> dict[str, str]:
         for p in files:
             out[str(p.relative_to(root.parent))] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
+
+
+def executable(path: Path, text: str) -> None:
+    """A bash script at ``path`` (first on PATH, it stands in for a cluster command)."""
+    path.write_text("#!/bin/bash\n" + text)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from dasi.runlog import LoggingConfig, RunLog, read_jsonl
 from dasi.stage import JobFailed
 from tests.adapt.tiny import adapt_section, curated_dir, english_llama
 from tests.conftest import REPO
+from tests.faults import executable
 
 
 def _cfg(**top: object) -> AdaptConfig:
@@ -100,25 +100,20 @@ def test_cli_dry_run_prints_and_writes_nothing(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "launcher = 'mpi': allowed: local, torchrun, slurm" in bad.stderr
 
 
-def _executable(path: Path, text: str) -> None:
-    path.write_text("#!/bin/bash\n" + text)
-    path.chmod(path.stat().st_mode | stat.S_IEXEC)
-
-
 def test_a_failed_slurm_job_keeps_its_checkpoints_and_says_how_to_resume(tmp_path: Path, monkeypatch) -> None:
     """A fake sbatch: prints a job id, appends rank 0's records of one step to the job's records
     file and exits 1, as on TIMEOUT."""
     base, curated = english_llama(tmp_path / "base"), curated_dir(tmp_path / "curated")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    _executable(bin_dir / "sbatch", """
+    executable(bin_dir / "sbatch", """
 records="$(dirname "${@: -1}")/records.jsonl"
 echo 4242
 echo '{"kind": "log", "metrics": {"train/loss": 6.5}, "step": 1}' >> "$records"
 echo '{"kind": "event", "name": "trainer_setup", "data": {"world_size": 64}}' >> "$records"
 exit 1
 """)
-    _executable(bin_dir / "sacct", 'echo "TIMEOUT"\n')
+    executable(bin_dir / "sacct", 'echo "TIMEOUT"\n')
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.chdir(tmp_path)
     cfg = AdaptConfig.model_validate({**adapt_section(base), "parallel": {"nodes": 2, "gpus_per_node": 2},

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from instruct import launch, stage
 from instruct.config import SFTConfig
 from instruct.sft import _trainer_args, fsdp_options
 from tests.conftest import REPO
+from tests.faults import executable
 
 
 def _cfg(**kw) -> SFTConfig:
@@ -124,17 +124,12 @@ def test_bad_fsdp_settings_stop_naming_the_key() -> None:
         validate_section("sft", {"parallel": {"gpus_per_node": 0}}, SFTConfig)
 
 
-def _executable(path: Path, text: str) -> None:
-    path.write_text("#!/bin/bash\n" + text)
-    path.chmod(path.stat().st_mode | stat.S_IEXEC)
-
-
 def test_a_failed_slurm_job_keeps_its_logs_and_says_so(tmp_path: Path, monkeypatch) -> None:
     """A fake sbatch: refuses like Slurm when logs/slurm/ is missing, else prints a job id, appends
     rank 0's records of one step to the job's records file and exits 1, as on TIMEOUT."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    _executable(bin_dir / "sbatch", """
+    executable(bin_dir / "sbatch", """
 [ -d logs/slurm ] || { echo "sbatch: error: logs/slurm: no such folder" >&2; exit 9; }
 records="$(dirname "${@: -1}")/records.jsonl"
 echo 777
@@ -143,7 +138,7 @@ echo '{"kind": "event", "name": "trainer_setup", "data": {"world_size": 16}}' >>
 echo '{"kind": "log", "metrics": {"train/lo' >> "$records"
 exit 1
 """)
-    _executable(bin_dir / "sacct", 'echo "TIMEOUT"\n')
+    executable(bin_dir / "sacct", 'echo "TIMEOUT"\n')
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.chdir(tmp_path)
     cfg = _cfg(parallel={"nodes": 2, "gpus_per_node": 8}, slurm={"job_name": "s"})

@@ -8,7 +8,6 @@ the generated batch script's own shell logic, run by bash)."""
 import json
 import os
 import signal
-import stat
 import subprocess
 import time
 from pathlib import Path
@@ -20,12 +19,8 @@ from pretrain import launch
 from pretrain.signals import flag_file
 from pretrain.stage import SlurmJobFailed, _job_failed, run
 from pretrain.worker import RecordLog, node_environment
+from tests.faults import executable
 from tests.pretrain.conftest import runlog, small_cfg
-
-
-def _executable(path: Path, text: str) -> None:
-    path.write_text("#!/bin/bash\n" + text)
-    path.chmod(path.stat().st_mode | stat.S_IEXEC)
 
 
 def test_the_script_writes_into_a_folder_dasi_creates(tmp_path, monkeypatch) -> None:
@@ -62,13 +57,13 @@ def test_the_batch_shell_flags_waits_and_requeues(tmp_path, usr1, srun_exit, req
     srun then exits 0 with the flag there, and exits with srun's status."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    _executable(bin_dir / "srun", """
+    executable(bin_dir / "srun", """
 [ -e ck/save_request ] && echo stale > srun.log || echo clean > srun.log
 touch srun.started
 until [ -e srun.finish ]; do sleep 0.02; done
 exit "$SRUN_EXIT"
 """)
-    _executable(bin_dir / "scontrol", """
+    executable(bin_dir / "scontrol", """
 echo "$*" >> scontrol.log
 [ "$1" = show ] && echo node1
 exit 0
@@ -105,7 +100,7 @@ def cluster(tmp_path, monkeypatch) -> Path:
     one step's metrics to the job's records (the segment's logs) and exits 1, as on TIMEOUT."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    _executable(bin_dir / "sbatch", """
+    executable(bin_dir / "sbatch", """
 [ -d logs/slurm ] || { echo "sbatch: error: logs/slurm: no such folder" >&2; exit 9; }
 records="$(dirname "${@: -1}")/records.jsonl"
 echo 4242
@@ -113,7 +108,7 @@ echo '{"kind": "log", "metrics": {"loss": 7.5}, "step": 1}' >> "$records"
 echo '{"kind": "event", "name": "resume", "data": {"step": 0}}' >> "$records"
 exit 1
 """)
-    _executable(bin_dir / "squeue", 'echo "slurm_load_jobs error: Invalid job id specified" >&2\nexit 1\n')
+    executable(bin_dir / "squeue", 'echo "slurm_load_jobs error: Invalid job id specified" >&2\nexit 1\n')
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.chdir(tmp_path)
     return bin_dir
@@ -121,7 +116,7 @@ exit 1
 
 def test_a_timed_out_job_keeps_its_curves_and_says_how_to_resume(
         model_cfg, packed, tmp_path, cluster) -> None:
-    _executable(cluster / "sacct", 'echo "TIMEOUT"\n')
+    executable(cluster / "sacct", 'echo "TIMEOUT"\n')
     cfg = small_cfg()
     with pytest.raises(SlurmJobFailed) as failed, runlog(tmp_path, cfg) as log:
         run(model_cfg, cfg, packed, tmp_path / "ck", log, launcher="slurm")
@@ -149,7 +144,7 @@ def test_a_saved_checkpoint_is_named_and_an_unknown_state_said(tmp_path, cluster
 def _states(bin_dir: Path, command: str, *states: str) -> None:
     """A fake ``command`` printing ``states`` one per call, then the last one again and again."""
     (bin_dir / f"{command}.states").write_text("".join(f"{s}\n" for s in states))
-    _executable(bin_dir / command, f"""
+    executable(bin_dir / command, f"""
 f="{bin_dir}/{command}.states"
 state="$(head -n 1 "$f")"
 [ "$(wc -l < "$f")" -le 1 ] || sed -i 1d "$f"
@@ -188,7 +183,7 @@ def requeued_job(cluster, tmp_path) -> Path:
         node.parent.mkdir(parents=True)
         node.write_text(json.dumps({**node_environment(), "hostname": host}))
     (made / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in SEGMENTS))
-    _executable(cluster / "sbatch", f"""
+    executable(cluster / "sbatch", f"""
 ck="$(dirname "${{@: -1}}")"
 echo 4242
 cat {made}/records.jsonl >> "$ck/records.jsonl"
@@ -222,7 +217,7 @@ def test_a_requeued_job_is_waited_for_and_its_segments_make_one_history(
 
 def test_a_job_that_saved_on_the_signal_and_was_not_requeued_is_not_done(
         model_cfg, packed, tmp_path, requeued_job) -> None:
-    _executable(requeued_job / "sacct", 'echo "COMPLETED"\n')
+    executable(requeued_job / "sacct", 'echo "COMPLETED"\n')
     cfg = small_cfg(train_steps=6, slurm={"requeue": False})
     short = r"^slurm job 4242 ended COMPLETED at step 4, short of its steps: saved on a signal, not requeued"
     with pytest.raises(SlurmJobFailed, match=short), runlog(tmp_path, cfg) as log:
