@@ -8,8 +8,8 @@ from typing import Literal
 from pydantic import Field, PositiveInt, ValidationInfo, field_validator, model_validator
 
 from dasi.config import ConfigError
-from dasi.fsdp import check_fsdp_words
-from dasi.launch import Parallel, SlurmSpec
+from dasi.fsdp import check_fsdp_words, check_wrap_layer
+from dasi.parallel import Parallel, SlurmSpec
 from dasi.strict import StrictModel
 
 # The RedWhale phases, in order: embeddings + head, odd layers, even layers, LoRA (then merged).
@@ -138,9 +138,7 @@ class AdaptConfig(StrictModel):
     @field_validator("fsdp_wrap_layer")
     @classmethod
     def _wrap_needs_fsdp(cls, v: str | None, info: ValidationInfo) -> str | None:
-        if v and not info.data.get("fsdp"):
-            raise ValueError("a wrap layer needs adapt.fsdp (e.g. 'full_shard auto_wrap')")
-        return v
+        return check_wrap_layer(v, info.data.get("fsdp"), "adapt")
 
     @model_validator(mode="after")
     def _every_phase(self) -> AdaptConfig:

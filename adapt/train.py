@@ -40,9 +40,7 @@ from dasi.atomic import atomic_path, write_json
 from dasi.fsdp import fsdp_options
 from dasi.hf_trainer import MirrorToRunLog, log_trainer_setup
 from dasi.provenance import sha256_path, sha256_text
-from dasi.rank_records import replay
 from dasi.resume import check_fingerprint, record_fingerprint, restart
-from dasi.stage import JobFailed
 from data_gen.curated import MANIFEST_FILE
 
 BASELINE = "baseline"
@@ -271,21 +269,8 @@ def run(cfg: AdaptConfig, arm: str, base_dir: Path | None, curated: Path, out: P
     records = folder / "records.jsonl"
     job = write_job(folder / "job.json", cfg, arm, base_dir, curated, out, work, latest, metrics_path,
                     records)
-    records.unlink(missing_ok=True)
-    log.event("launch", launcher=kind, nodes=cfg.parallel.nodes, gpus_per_node=cfg.parallel.gpus_per_node,
-              job=str(job))
-    Path(metrics_path).unlink(missing_ok=True)  # what is read back below must be this run's
-    try:
-        failure = launch.run_ranks(kind, cfg.parallel, cfg.slurm, WORKER, job, folder / "adapt.sbatch", log,
-                                   rerun=RERUN)
-    finally:
-        replay(records, log)  # a failed or interrupted run's curves too
-        records.unlink(missing_ok=True)  # now in metrics.jsonl / events.jsonl
-    if failure:
-        raise JobFailed(f"adapt {arm}: {failure}; the ranks' logs are in the run log ({log.dir}); {RERUN} "
-                        f"in {work}")
-    if not Path(metrics_path).is_file():
-        raise JobFailed(f"adapt {arm}: the ranks ended without writing {metrics_path}")
+    launch.run_job(kind, cfg.parallel, cfg.slurm, WORKER, job, folder / "adapt.sbatch", records,
+                   Path(metrics_path), log, f"adapt {arm}", RERUN, f"{RERUN} in {work}")
     return json.loads(Path(metrics_path).read_text())
 
 

@@ -22,6 +22,13 @@ def check_fsdp_words(value: str) -> str:
     return value
 
 
+def check_wrap_layer(layer: str | None, fsdp: str | None, section: str) -> str | None:
+    """A wrap layer is a word of FSDP's auto-wrap: it needs ``<section>.fsdp``."""
+    if layer and not fsdp:
+        raise ValueError(f"a wrap layer needs {section}.fsdp (e.g. 'full_shard auto_wrap')")
+    return layer
+
+
 def fsdp_options(fsdp: str, wrap_layer: str | None,
                  activation_checkpointing: bool) -> tuple[bool, dict[str, Any] | None, bool]:
     """``fsdp`` words as TrainingArguments' (fsdp, fsdp_config, gradient_checkpointing).

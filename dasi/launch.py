@@ -23,35 +23,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PositiveInt
-
-from dasi.strict import StrictModel
+from dasi.parallel import Parallel, SlurmSpec
 
 Launcher = Literal["local", "torchrun", "slurm"]
-LAUNCHERS = ("local", "torchrun", "slurm")
 # sbatch's --output folder, relative to the submitting directory: Slurm does not create it (a job
 # whose output file cannot be opened fails at once), so submit() does.
 SLURM_LOGS = Path("logs/slurm")
-
-
-class Parallel(StrictModel):
-    """Data-parallel ranks, one per GPU; FSDP (the stage's ``fsdp``) shards the model over all."""
-
-    nodes: PositiveInt = 1
-    gpus_per_node: PositiveInt = Field(1, description="ranks per node (processes on a CPU host)")
-
-    @property
-    def world_size(self) -> int:
-        return self.nodes * self.gpus_per_node
-
-
-class SlurmSpec(StrictModel):
-    partition: str = "gpu"
-    account: str | None = None
-    time: str = "1-00:00:00"
-    job_name: str = "dasi"
-    cpus_per_task: PositiveInt = 16
-    extra_sbatch: list[str] = Field(default_factory=list, description="more '#SBATCH' options")
 
 
 def choose(parallel: Parallel, launcher: str = "local") -> Launcher:
@@ -146,3 +123,27 @@ def run_ranks(kind: Launcher, parallel: Parallel, slurm: SlurmSpec, worker: str,
         return None
     output = SLURM_LOGS / f"{slurm.job_name}-{job_id}.out"
     return f"slurm job {job_id} ended {job_state(job_id)} (sbatch exit {status}; output {output})"
+
+
+def run_job(kind: Launcher, parallel: Parallel, slurm: SlurmSpec, worker: str, job: Path, script: Path,
+            records: Path, metrics: Path, log: Any, stage: str, rerun: str, advice: str) -> None:
+    """Run the ranks of a written ``job`` (``rerun``: the sbatch script's comment) and replay rank
+    0's ``records`` into ``log``, a failed or interrupted run's too; raise
+    :class:`dasi.stage.JobFailed` when the ranks failed (the message names ``stage`` and ends with
+    ``advice``) or did not write ``metrics``."""
+    from dasi.rank_records import replay
+    from dasi.stage import JobFailed
+
+    records.unlink(missing_ok=True)
+    log.event("launch", launcher=kind, nodes=parallel.nodes, gpus_per_node=parallel.gpus_per_node,
+              job=str(job))
+    metrics.unlink(missing_ok=True)  # what the caller reads back must be this run's
+    try:
+        failure = run_ranks(kind, parallel, slurm, worker, job, script, log, rerun=rerun)
+    finally:
+        replay(records, log)
+        records.unlink(missing_ok=True)  # now in metrics.jsonl / events.jsonl
+    if failure:
+        raise JobFailed(f"{stage}: {failure}; the ranks' logs are in the run log ({log.dir}); {advice}")
+    if not metrics.is_file():
+        raise JobFailed(f"{stage}: the ranks ended without writing {metrics}")

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from dasi.fsdp import check_fsdp_words
-from dasi.launch import Parallel, SlurmSpec
+from dasi.fsdp import check_fsdp_words, check_wrap_layer
+from dasi.parallel import Parallel, SlurmSpec
 from dasi.strict import StrictModel
 
 
@@ -50,6 +50,4 @@ class SFTConfig(StrictModel):
     @field_validator("fsdp_wrap_layer")
     @classmethod
     def _wrap_needs_fsdp(cls, v: str | None, info: ValidationInfo) -> str | None:
-        if v and not info.data.get("fsdp"):
-            raise ValueError("a wrap layer needs sft.fsdp (e.g. 'full_shard auto_wrap')")
-        return v
+        return check_wrap_layer(v, info.data.get("fsdp"), "sft")

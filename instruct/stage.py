@@ -12,12 +12,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dasi.launch import run_ranks
-from dasi.stage import JobFailed
+from dasi.launch import run_job
 from instruct import launch
 from instruct.chats import SEED_FILE
 from instruct.config import SFTConfig
-from instruct.worker import replay, write_job
+from instruct.worker import write_job
 
 __all__ = ["SEED_FILE", "SFTConfig", "dry_run", "run"]
 
@@ -41,19 +40,7 @@ def run(cfg: SFTConfig, base: Path, tokenizer_dir: Path | None, extra_chats: lis
     folder = Path(log.dir) / LAUNCH
     records = folder / "records.jsonl"
     job = write_job(folder / "job.json", cfg, base, tokenizer_dir, extra_chats, out, metrics_path, records)
-    records.unlink(missing_ok=True)
-    log.event("launch", launcher=kind, nodes=cfg.parallel.nodes, gpus_per_node=cfg.parallel.gpus_per_node,
-              job=str(job))
-    Path(metrics_path).unlink(missing_ok=True)  # what is read back below must be this run's
-    try:
-        failure = run_ranks(kind, cfg.parallel, cfg.slurm, launch.WORKER, job, folder / "sft.sbatch", log,
-                            rerun=launch.RERUN)
-    finally:
-        replay(records, log)  # a failed or interrupted run's curves too
-        records.unlink(missing_ok=True)  # now in metrics.jsonl / events.jsonl
-    if failure:
-        raise JobFailed(f"sft: {failure}; the ranks' logs are in the run log ({log.dir}); "
-                        "SFT keeps no checkpoints: running it again trains from the start")
-    if not Path(metrics_path).is_file():
-        raise JobFailed(f"sft: the ranks ended without writing {metrics_path}")
+    run_job(kind, cfg.parallel, cfg.slurm, launch.WORKER, job, folder / "sft.sbatch", records,
+            Path(metrics_path), log, "sft", launch.RERUN,
+            "SFT keeps no checkpoints: running it again trains from the start")
     return json.loads(Path(metrics_path).read_text())

@@ -9,16 +9,17 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
+from dasi.launch import SLURM_LOGS, Launcher, job_state, submit
 from pretrain.config import PretrainConfig
 from pretrain.signals import flag_file
 
-Launcher = Literal["local", "torchrun", "slurm"]
+# sbatch --wait and sacct's final state as every launched stage reads them (dasi.launch); the
+# requeue cycle and the queue polling below are pretrain's own.
+__all__ = ["ACTIVE", "SLURM_LOGS", "WORKER", "Launcher", "choose", "dry_run", "final_state", "job_state",
+           "queue_state", "slurm_script", "submit", "torchrun_command", "worker_args"]
+
 WORKER = "pretrain.worker"
-# sbatch's --output folder, relative to the submitting directory: Slurm does not create it (a job
-# whose output file cannot be opened fails at once), so submit() does.
-SLURM_LOGS = Path("logs/slurm")
 
 
 def choose(cfg: PretrainConfig, launcher: str = "local") -> Launcher:
@@ -95,31 +96,11 @@ def dry_run(cfg: PretrainConfig, job: Path, launcher: str = "local") -> str:
     return f"in-process: {shlex.join([sys.executable, *worker_args(job)])}"
 
 
-def submit(script: Path) -> tuple[str | None, int]:
-    """``sbatch --wait`` the script (its output folder created first); returns the job id (None
-    when sbatch printed none) and sbatch's exit status: the job's, nonzero on TIMEOUT or failure."""
-    SLURM_LOGS.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["sbatch", "--parsable", "--wait", str(script)], stdout=subprocess.PIPE, text=True)
-    first = done.stdout.strip().splitlines()[:1]
-    return (first[0].split(";")[0] if first else None), done.returncode
-
-
 # States of a job Slurm still holds, to come back or to end: a requeued job is the same job id,
 # held (REQUEUE_HOLD, SPECIAL_EXIT) until someone releases or cancels it.
 ACTIVE = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "RESIZING",
                     "SIGNALING", "STAGE_OUT", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "SPECIAL_EXIT",
                     "RESV_DEL_HOLD"})
-
-
-def job_state(job_id: str | None) -> str:
-    """The job's final state as sacct reports it (TIMEOUT, FAILED, CANCELLED by ..., ...), or
-    "unknown" when sacct is missing or says nothing."""
-    if job_id is None or shutil.which("sacct") is None:
-        return "unknown"
-    out = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State"], capture_output=True,
-                         text=True)
-    first = out.stdout.strip().splitlines()[:1]
-    return first[0].strip() if out.returncode == 0 and first else "unknown"
 
 
 def queue_state(job_id: str | None) -> str | None:
